@@ -1,0 +1,96 @@
+"""Where nnU-Net v1 keeps a task's files, and the small helpers the workflow scripts share.
+
+The folders follow nnU-Net's own environment variables (nnUNet_raw_data_base, nnUNet_preprocessed,
+RESULTS_FOLDER), so everything made here is also found by the plain nnU-Net commands.
+"""
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional
+
+
+class WorkflowError(Exception):
+    """A problem the user can fix; printed as one clear message, exit status 1."""
+
+
+def env_folder(variable: str) -> Path:
+    value = os.environ.get(variable)
+    if not value:
+        raise WorkflowError(f"the environment variable {variable} is not set (the Makefile sets it; "
+                            f"see README.md, 'Folders')")
+    return Path(value)
+
+
+def raw_data_dir() -> Path:
+    return env_folder("nnUNet_raw_data_base") / "nnUNet_raw_data"
+
+
+def find_task_name(task_id: int) -> Optional[str]:
+    """The 'TaskXXX_Name' folder of a task id, looked up like nnU-Net does (raw, preprocessed, results)."""
+    prefix = "Task%03d_" % task_id
+    roots = [raw_data_dir(), env_folder("nnUNet_preprocessed"), env_folder("RESULTS_FOLDER") / "nnUNet" / "3d_fullres"]
+    names = sorted({p.name for root in roots if root.is_dir() for p in root.iterdir()
+                    if p.is_dir() and p.name.startswith(prefix)})
+    if len(names) > 1:
+        raise WorkflowError(f"task id {task_id} is ambiguous: {', '.join(names)}")
+    return names[0] if names else None
+
+
+def task_name(task_id: int) -> str:
+    name = find_task_name(task_id)
+    if name is None:
+        raise WorkflowError(f"no task {task_id} in {raw_data_dir()}: run 'make convert DATA=<download>' first")
+    return name
+
+
+def preprocessed_dir(task: str) -> Path:
+    return env_folder("nnUNet_preprocessed") / task
+
+
+def plans_file(task: str, plans: str) -> Path:
+    return preprocessed_dir(task) / f"{plans}_plans_3D.pkl"
+
+
+def load_plans(task: str, plans: str) -> dict:
+    path = plans_file(task, plans)
+    if not path.is_file():
+        raise WorkflowError(f"{path} not found: run 'make preprocess' first (with the planner of PLANS={plans})")
+    with open(path, "rb") as f:
+        return pickle.load(f)
+
+
+def configurations(plans: dict) -> List[str]:
+    """3D configurations the plans provide: 3d_fullres always, 3d_lowres when there are two stages."""
+    return ["3d_fullres", "3d_lowres"] if len(plans["plans_per_stage"]) > 1 else ["3d_fullres"]
+
+
+def model_dir(configuration: str, task: str, trainer: str, plans: str, fold) -> Path:
+    return env_folder("RESULTS_FOLDER") / "nnUNet" / configuration / task / f"{trainer}__{plans}" / f"fold_{fold}"
+
+
+def ensemble_dir(task: str, trainer: str, plans: str, fold) -> Path:
+    return (env_folder("RESULTS_FOLDER") / "nnUNet" / "ensembles" / task /
+            f"ensemble_3d_fullres_3d_lowres__{trainer}__{plans}" / f"fold_{fold}")
+
+
+def ground_truth_dir(task: str) -> Path:
+    """nnU-Net copies the training labels here during preprocessing."""
+    return preprocessed_dir(task) / "gt_segmentations"
+
+
+def run(command: List[str]) -> None:
+    print("$ " + " ".join(command), flush=True)
+    result = subprocess.run(command)
+    if result.returncode != 0:
+        raise WorkflowError(f"'{' '.join(command)}' failed with exit status {result.returncode}")
+
+
+def main_guard(main: Callable[[], None]) -> None:
+    """Run a script's main; a WorkflowError becomes one 'ERROR:' line and exit status 1."""
+    try:
+        main()
+    except WorkflowError as e:
+        print(f"ERROR: {e}", file=sys.stderr)
+        sys.exit(1)
