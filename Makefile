@@ -48,6 +48,8 @@ NPROC_DA ?=
 export nnUNet_max_num_epochs := $(EPOCHS)
 export nnUNet_num_batches_per_epoch := $(ITERS)
 export nnUNet_num_val_batches_per_epoch := $(VAL_ITERS)
+# tqdm progress bar over each epoch's iterations (nnU-Net's own switch)
+export nnunet_use_progress_bar ?= 1
 ifneq ($(strip $(NPROC_DA)),)
   export nnUNet_n_proc_DA := $(NPROC_DA)
 endif
@@ -57,8 +59,8 @@ WORKFLOW_ARGS := --task $(TASK) --fold $(FOLD) --plans $(PLANS) --trainer $(TRAI
 # demo: a synthetic download, CPU-sized, in its own folder (never touches data/)
 DEMO_DIR ?= $(CURDIR)/demo
 DEMO_CASES ?= 20
-DEMO_EPOCHS ?= 12
-DEMO_ITERS ?= 20
+DEMO_EPOCHS ?= 25
+DEMO_ITERS ?= 25
 DEMO_VAL_ITERS ?= 4
 
 .PHONY: help setup convert preprocess baseline demo test clean-demo

@@ -72,7 +72,7 @@ def add_lesions(hu: np.ndarray, lungs: np.ndarray, n_lesions: int, rng: np.rando
     lung_voxels = np.argwhere(lungs)
     for i in range(n_lesions):
         center = lung_voxels[rng.randint(len(lung_voxels))]
-        radii = (rng.uniform(1.2, 2.5), rng.uniform(3, 8), rng.uniform(3, 8))
+        radii = (rng.uniform(1.5, 3.0), rng.uniform(4, 10), rng.uniform(4, 10))
         blob = ellipsoid(hu.shape, center, radii) & lungs
         consolidation = rng.rand() < 0.35
         hu[blob] = rng.uniform(-100, 50) if consolidation else rng.uniform(-600, -300)
@@ -86,7 +86,7 @@ def make_case(settings: PhantomSettings, rng: np.random.RandomState, with_lesion
              rng.randint(settings.xy_range[0], settings.xy_range[1] + 1),
              rng.randint(settings.xy_range[0], settings.xy_range[1] + 1))
     hu, lungs = make_anatomy(shape, rng)
-    seg = add_lesions(hu, lungs, rng.randint(2, 6), rng) if with_lesions else np.zeros(shape, np.uint8)
+    seg = add_lesions(hu, lungs, rng.randint(3, 8), rng) if with_lesions else np.zeros(shape, np.uint8)
     hu = gaussian_filter(hu, sigma=(0.3, 0.7, 0.7)) + rng.normal(0, 25, shape).astype(np.float32)
     hu = np.clip(hu, -1024, 3071).astype(np.int16)
 

@@ -28,7 +28,8 @@ def main() -> None:
     plans = load_plans(task, args.plans)
     stages = plans["plans_per_stage"]
     for configuration, stage in zip(configurations(plans)[::-1], stages.values()):
-        print(f"{configuration}: patch {list(stage['patch_size'])}, spacing {list(stage['current_spacing'])}, "
+        spacing = ", ".join("%.2f" % s for s in stage["current_spacing"])
+        print(f"{configuration}: patch {[int(p) for p in stage['patch_size']]}, spacing ({spacing}) mm, "
               f"batch {stage['batch_size']}")
     if len(stages) == 1:
         print("The planner made no 3d_lowres stage (3d_fullres sees enough of each image); "

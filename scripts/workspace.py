@@ -5,6 +5,7 @@ RESULTS_FOLDER), so everything made here is also found by the plain nnU-Net comm
 """
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -80,9 +81,17 @@ def ground_truth_dir(task: str) -> Path:
     return preprocessed_dir(task) / "gt_segmentations"
 
 
+def executable(name: str) -> str:
+    """A console script (nnUNet_train, ...) from PATH, or else from beside this Python (an unactivated venv)."""
+    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if found is None:
+        raise WorkflowError(f"'{name}' not found: run 'make setup' (it installs nnU-Net's commands)")
+    return found
+
+
 def run(command: List[str]) -> None:
     print("$ " + " ".join(command), flush=True)
-    result = subprocess.run(command)
+    result = subprocess.run([executable(command[0])] + command[1:])
     if result.returncode != 0:
         raise WorkflowError(f"'{' '.join(command)}' failed with exit status {result.returncode}")
 

@@ -1,0 +1,228 @@
+"""Conversion of the challenge download into nnU-Net's raw layout, and its refusals of bad input."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from COVID_19_20 import main, split_labeled
+from make_synthetic_covid import TRAIN_SHEET, VALIDATION_SHEET, WORKBOOK_NAME
+
+
+def convert(download: Path, out: Path, *extra: str) -> int:
+    return main([str(download), "--output-base", str(out), *extra])
+
+
+def task_dir(out: Path) -> Path:
+    return out / "Task200_COVID_19_20"
+
+
+def editable_copy(download: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "download"
+    shutil.copytree(download, copy)
+    return copy
+
+
+def train_names(download: Path):
+    return sorted(p.name[: -len("_seg.nii.gz")] for p in (download / "Train").glob("*_seg.nii.gz"))
+
+
+def test_layout_and_dataset_json(synthetic_download, tmp_path):
+    assert convert(synthetic_download, tmp_path, "--labeled-fraction", "0.5") == 0
+    task = task_dir(tmp_path)
+    dataset = json.loads((task / "dataset.json").read_text())
+    split = json.loads((task / "split.json").read_text())
+    assert dataset["modality"] == {"0": "CT"}
+    assert dataset["labels"] == {"0": "background", "1": "lesion"}
+    assert dataset["numTraining"] == len(split["labeled"]) == 4
+    assert len(split["unlabeled_from_train"]) == 4 and len(split["validation"]) == 2
+    assert sorted(split["labeled"] + split["unlabeled_from_train"]) == train_names(synthetic_download)
+    for name in split["labeled"]:
+        assert (task / "imagesTr" / f"{name}_0000.nii.gz").is_file()
+        assert (task / "labelsTr" / f"{name}.nii.gz").is_file()
+    assert [e["image"] for e in dataset["training"]] == [f"./imagesTr/{n}.nii.gz" for n in split["labeled"]]
+    assert dataset["unlabeled"] == [f"./imagesUnlabeled/{n}.nii.gz" for n in split["unlabeled_from_train"]]
+    for name in split["unlabeled_from_train"]:
+        assert (task / "imagesUnlabeled" / f"{name}_0000.nii.gz").is_file()
+    for name in split["validation"]:
+        assert (task / "imagesVal" / f"{name}_0000.nii.gz").is_file()
+    assert split["labeled_fraction"] == 0.5 and split["seed"] == 0
+    assert not list(tmp_path.glob(".Task200*")), "temporary folders must be gone"
+
+
+def test_images_keep_their_geometry_and_voxels(synthetic_download, tmp_path):
+    assert convert(synthetic_download, tmp_path, "--labeled-fraction", "1.0") == 0
+    for name in train_names(synthetic_download):
+        for src, dst in ((f"Train/{name}_ct.nii.gz", f"imagesTr/{name}_0000.nii.gz"),
+                         (f"Train/{name}_seg.nii.gz", f"labelsTr/{name}.nii.gz")):
+            a, b = sitk.ReadImage(str(synthetic_download / src)), sitk.ReadImage(str(task_dir(tmp_path) / dst))
+            assert (a.GetSize(), a.GetSpacing(), a.GetOrigin(), a.GetDirection()) == \
+                   (b.GetSize(), b.GetSpacing(), b.GetOrigin(), b.GetDirection())
+            assert np.array_equal(sitk.GetArrayFromImage(a), sitk.GetArrayFromImage(b))
+
+
+def test_fraction_one_is_the_plain_supervised_task(synthetic_download, tmp_path):
+    assert convert(synthetic_download, tmp_path, "--labeled-fraction", "1.0") == 0
+    dataset = json.loads((task_dir(tmp_path) / "dataset.json").read_text())
+    assert dataset["numTraining"] == 8 and dataset["unlabeled"] == []
+
+
+def test_split_is_reproducible_per_seed():
+    names = [f"volume-covid19-A-{i:04d}" for i in range(20)]
+    assert split_labeled(names, 0.5, seed=3) == split_labeled(list(reversed(names)), 0.5, seed=3)
+    assert split_labeled(names, 0.5, seed=3) != split_labeled(names, 0.5, seed=4)
+    labeled, unlabeled = split_labeled(names, 0.3, seed=3)
+    assert len(labeled) == 6 and sorted(labeled + unlabeled) == names
+
+
+def test_no_unlabelled_mask_enters_the_task(synthetic_download, tmp_path):
+    assert convert(synthetic_download, tmp_path, "--labeled-fraction", "0.5") == 0
+    task = task_dir(tmp_path)
+    unlabeled = json.loads((task / "split.json").read_text())["unlabeled_from_train"]
+    mask_bytes = {(synthetic_download / "Train" / f"{n}_seg.nii.gz").read_bytes() for n in unlabeled}
+    for path in task.rglob("*"):
+        if path.is_file():
+            assert path.read_bytes() not in mask_bytes, f"{path} is an unlabelled case's mask"
+            if path.suffix == ".gz":
+                assert not any(n in path.name for n in unlabeled) or path.parent.name == "imagesUnlabeled"
+    assert sorted(p.name for p in (task / "labelsTr").iterdir()) == \
+        sorted(f"{n}.nii.gz" for n in json.loads((task / "split.json").read_text())["labeled"])
+
+
+def test_extra_unlabeled_folder_joins_the_pool(synthetic_download, tmp_path):
+    extra = tmp_path / "mosmed"
+    extra.mkdir()
+    shutil.copy(synthetic_download / "Train" / (train_names(synthetic_download)[0] + "_ct.nii.gz"),
+                extra / "study_0255.nii.gz")
+    out = tmp_path / "out"
+    assert convert(synthetic_download, out, "--labeled-fraction", "1.0", "--extra-unlabeled", str(extra)) == 0
+    dataset = json.loads((task_dir(out) / "dataset.json").read_text())
+    assert dataset["unlabeled"] == ["./imagesUnlabeled/study_0255.nii.gz"]
+    assert (task_dir(out) / "imagesUnlabeled" / "study_0255_0000.nii.gz").is_file()
+
+
+def test_existing_task_is_kept_unless_forced(synthetic_download, tmp_path, capsys):
+    assert convert(synthetic_download, tmp_path) == 0
+    marker = task_dir(tmp_path) / "user_notes.txt"
+    marker.write_text("mine")
+    assert convert(synthetic_download, tmp_path) == 1
+    assert "--force" in capsys.readouterr().err and marker.read_text() == "mine"
+    assert convert(synthetic_download, tmp_path, "--force", "--labeled-fraction", "1.0") == 0
+    assert not marker.exists()
+    assert json.loads((task_dir(tmp_path) / "dataset.json").read_text())["numTraining"] == 8
+
+
+# ------------------------------------------------------------------ bad input: one test per class
+
+def rewrite_workbook(download: Path, sheets: dict) -> None:
+    with pd.ExcelWriter(download / WORKBOOK_NAME) as writer:
+        for name, frame in sheets.items():
+            frame.to_excel(writer, sheet_name=name, index=False)
+
+
+def workbook(download: Path) -> dict:
+    return pd.read_excel(download / WORKBOOK_NAME, sheet_name=None)
+
+
+def first_case(download: Path) -> str:
+    return train_names(download)[0]
+
+
+def break_missing_workbook(d):
+    (d / WORKBOOK_NAME).unlink()
+    return [WORKBOOK_NAME, "not found"]
+
+
+def break_missing_sheet(d):
+    rewrite_workbook(d, {TRAIN_SHEET: workbook(d)[TRAIN_SHEET]})
+    return [f"sheet '{VALIDATION_SHEET}' is missing"]
+
+
+def break_missing_column(d):
+    sheets = workbook(d)
+    sheets[TRAIN_SHEET] = sheets[TRAIN_SHEET].rename(columns={"FILENAME": "NAME"})
+    rewrite_workbook(d, sheets)
+    return ["no column 'FILENAME'"]
+
+
+def break_missing_file(d):
+    name = first_case(d)
+    (d / "Train" / f"{name}_seg.nii.gz").unlink()
+    return [name, "file not found"]
+
+
+def break_unreadable_file(d):
+    name = first_case(d)
+    (d / "Train" / f"{name}_ct.nii.gz").write_bytes(b"not a nifti")
+    return [name, "cannot read"]
+
+
+def break_geometry(d):
+    name = first_case(d)
+    seg = sitk.ReadImage(str(d / "Train" / f"{name}_seg.nii.gz"))
+    seg.SetOrigin([o + 7.5 for o in seg.GetOrigin()])
+    sitk.WriteImage(seg, str(d / "Train" / f"{name}_seg.nii.gz"))
+    return [name, "geometry differ", "origin"]
+
+
+def break_mask_values(d):
+    name = first_case(d)
+    path = d / "Train" / f"{name}_seg.nii.gz"
+    seg = sitk.ReadImage(str(path))
+    array = sitk.GetArrayFromImage(seg)
+    array[0, 0, 0] = 2
+    fixed = sitk.GetImageFromArray(array)
+    fixed.CopyInformation(seg)
+    sitk.WriteImage(fixed, str(path))
+    return [name, "outside {0, 1}", "[2]"]
+
+
+def break_duplicate(d):
+    sheets = workbook(d)
+    sheets[VALIDATION_SHEET] = pd.concat([sheets[VALIDATION_SHEET], sheets[TRAIN_SHEET].iloc[:1]])
+    rewrite_workbook(d, sheets)
+    return [first_case(d), "listed more than once"]
+
+
+def break_2d_image(d):
+    name = first_case(d)
+    for suffix in ("ct", "seg"):
+        path = d / "Train" / f"{name}_{suffix}.nii.gz"
+        image = sitk.ReadImage(str(path))
+        sitk.WriteImage(image[:, :, 0], str(path))
+    return [name, "not a 3D"]
+
+
+@pytest.mark.parametrize("breakage", [break_missing_workbook, break_missing_sheet, break_missing_column,
+                                      break_missing_file, break_unreadable_file, break_geometry,
+                                      break_mask_values, break_duplicate, break_2d_image])
+def test_bad_input_is_refused_with_the_case_named_and_nothing_written(synthetic_download, tmp_path, capsys,
+                                                                      breakage):
+    download = editable_copy(synthetic_download, tmp_path)
+    expected = breakage(download)
+    out = tmp_path / "out"
+    assert convert(download, out) == 1
+    err = capsys.readouterr().err
+    for text in expected:
+        assert text in err
+    assert "nothing was written" in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_every_problem_is_reported_not_only_the_first(synthetic_download, tmp_path, capsys):
+    download = editable_copy(synthetic_download, tmp_path)
+    names = train_names(download)
+    (download / "Train" / f"{names[0]}_seg.nii.gz").unlink()
+    (download / "Train" / f"{names[1]}_ct.nii.gz").write_bytes(b"garbage")
+    assert convert(download, tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert names[0] in err and names[1] in err and "2 problem(s)" in err
+
+
+def test_bad_labeled_fraction_is_a_usage_error(synthetic_download, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        convert(synthetic_download, tmp_path, "--labeled-fraction", "0")
+    assert exit_info.value.code == 2 and "--labeled-fraction" in capsys.readouterr().err

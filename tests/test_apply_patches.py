@@ -1,0 +1,68 @@
+"""scripts/apply_patches.sh: patches apply to the pinned nnU-Net, re-apply idempotently, fail loudly."""
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, run_env
+
+PATCHES = sorted((REPO / "patches").glob("[0-9][0-9][0-9][0-9]-*.patch"))
+APPLY = REPO / "scripts" / "apply_patches.sh"
+
+
+def git_apply(tree: Path, patch: Path, *flags: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", "--git-dir=/dev/null", "apply", *flags, str(patch)], cwd=tree,
+                          capture_output=True, text=True)
+
+
+@pytest.fixture
+def pristine_tree(tmp_path) -> Path:
+    """A copy of nnUNet/ with every patch reversed: the pinned 1.6.6 source."""
+    tree = tmp_path / "nnUNet"
+    shutil.copytree(REPO / "nnUNet" / "nnunet", tree / "nnunet",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for patch in reversed(PATCHES):
+        result = git_apply(tree, patch, "--reverse")
+        assert result.returncode == 0, f"{patch.name} is not applied to nnUNet/: {result.stderr}"
+    return tree
+
+
+def apply(tree: Path, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(APPLY), str(tree)], capture_output=True, text=True, env=run_env(**env))
+
+
+def test_every_patch_has_a_header_saying_why_and_which_test():
+    assert len(PATCHES) >= 3
+    for patch in PATCHES:
+        header = patch.read_text().split("\n--- a/", 1)[0]
+        assert "Why:" in header and "Proved by:" in header, patch.name
+        for test_file in {w.split("(")[0].strip(",.") for w in header.split() if w.startswith("tests/")}:
+            assert (REPO / test_file).is_file(), f"{patch.name} names a missing test {test_file}"
+
+
+def test_patches_apply_in_order_then_reapply_idempotently(pristine_tree):
+    first = apply(pristine_tree)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.count("patch applied:") == len(PATCHES)
+    patched = {p: p.read_bytes() for p in pristine_tree.rglob("*.py")}
+    second = apply(pristine_tree)
+    assert second.returncode == 0, second.stderr
+    assert f"patches: {len(PATCHES)} of {len(PATCHES)} already applied" in second.stdout
+    assert {p: p.read_bytes() for p in pristine_tree.rglob("*.py")} == patched
+    for patch in PATCHES:  # the result is exactly the tree setup produced
+        rel = [line[6:] for line in patch.read_text().splitlines() if line.startswith("+++ b/")]
+        for path in rel:
+            assert (pristine_tree / path).read_bytes() == (REPO / "nnUNet" / path).read_bytes()
+
+
+def test_a_patch_that_does_not_apply_stops_with_its_name(pristine_tree, tmp_path):
+    broken_dir = tmp_path / "patches"
+    broken_dir.mkdir()
+    for patch in PATCHES:
+        shutil.copy(patch, broken_dir)
+    target = pristine_tree / "nnunet" / "utilities" / "to_torch.py"
+    target.write_text(target.read_text().replace("def to_cuda(", "def something_else("))
+    result = apply(pristine_tree, PATCHES_DIR=broken_dir)
+    assert result.returncode != 0
+    assert "0001-cpu-fallback.patch does not apply" in result.stderr
