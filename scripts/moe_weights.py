@@ -1,0 +1,78 @@
+"""`make weights`: the baseline 3d_fullres checkpoint of a fold -> an MoE-shaped checkpoint for nnUNetTrainerV2_moe.
+
+Prints how many tensors were copied (every MoE tensor except the gate's) and, for each expert, the largest
+difference between the MoE's output with the gate forced to that expert and the baseline's output on a
+random input. The result goes where `make semi` passes it to `nnUNet_train -pretrained_weights`.
+"""
+import argparse
+import os
+from pathlib import Path
+
+import torch
+
+from workspace import WorkflowError, main_guard, model_dir, task_name
+
+# experts 1..E-1 are perturbed by 1% (see moe_weight_transfer); softmax outputs move by far less than this
+TOLERANCE = 0.05
+
+
+def moe_init_file(task: str, moe_trainer: str, plans: str, fold) -> Path:
+    return model_dir("3d_fullres", task, moe_trainer, plans, fold).parent / f"moe_init_fold_{fold}.model"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", type=int, required=True)
+    parser.add_argument("--fold", default="4")
+    parser.add_argument("--plans", default="nnUNetPlansv2.1")
+    parser.add_argument("--trainer", default="nnUNetTrainerV2", help="the baseline's trainer")
+    parser.add_argument("--moe-trainer", default="nnUNetTrainerV2_moe")
+    parser.add_argument("--perturbation", type=float, default=float(os.environ.get("MOE_TRANSFER_NOISE", "0.01")))
+    parser.add_argument("--force", action="store_true")
+    args = parser.parse_args()
+
+    from nnunet.network_architecture.moe_weight_transfer import forced_expert_differences, transfer_state_dict
+    from nnunet.training.model_restore import restore_model
+    from nnunet.training.network_training.nnUNetTrainerV2_moe import nnUNetTrainerV2_moe
+
+    task = task_name(args.task)
+    baseline_dir = model_dir("3d_fullres", task, args.trainer, args.plans, args.fold)
+    checkpoint = baseline_dir / "model_final_checkpoint.model"
+    if not checkpoint.is_file():
+        raise WorkflowError(f"no baseline checkpoint {checkpoint}: run 'make baseline' first")
+    output = moe_init_file(task, args.moe_trainer, args.plans, args.fold)
+    if output.exists() and not args.force:
+        print(f"{output} exists; keeping it (FORCE=1 makes it again)")
+        return
+
+    baseline = restore_model(str(checkpoint) + ".pkl", str(checkpoint), train=False)
+    moe_trainer = nnUNetTrainerV2_moe(*baseline.init_args)
+    moe_trainer.process_plans(baseline.plans)
+    moe_trainer.initialize_network()
+    moe = moe_trainer.network
+
+    state, copied = transfer_state_dict(baseline.network.state_dict(), moe, args.perturbation)
+    moe.load_state_dict(state)
+    gate_tensors = [k for k in state if k.startswith("gate.")]
+    print(f"copied {len(copied)} of {len(state)} MoE tensors from {checkpoint} "
+          f"(all but the gate's {len(gate_tensors)}; {moe.num_experts} experts, top-{moe.top_k})")
+
+    device = next(moe.parameters()).device
+    x = torch.randn((1, baseline.num_input_channels, *baseline.patch_size), generator=torch.Generator().manual_seed(0))
+    differences = forced_expert_differences(baseline.network, moe, x.to(device))
+    for expert, difference in enumerate(differences):
+        print(f"gate forced to expert {expert}: max |softmax(MoE) - softmax(baseline)| = {difference:.2e}")
+    if max(differences) > TOLERANCE:
+        raise WorkflowError(f"the transferred MoE differs from the baseline by {max(differences):.3f} "
+                            f"(> {TOLERANCE}); lower MOE_TRANSFER_NOISE")
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".tmp")
+    torch.save({"state_dict": state, "moe_settings": moe_trainer.init_args[-1], "source": str(checkpoint),
+                "perturbation": args.perturbation}, tmp)
+    os.replace(tmp, output)
+    print(f"MoE initialisation written to {output}")
+
+
+if __name__ == "__main__":
+    main_guard(main)
