@@ -40,6 +40,22 @@ TRAINER ?= nnUNetTrainerV2
 EPOCHS ?=
 ITERS ?=
 VAL_ITERS ?=
+# the mixture of experts (make weights / semi; empty: the trainer's defaults, see README)
+MOE_TRAINER ?= nnUNetTrainerV2_moe
+EXPERTS ?=
+TOP_K ?=
+INFERENCE_TOP_K ?=
+LAMBDA_MAX ?=
+WARMUP_EPOCHS ?=
+RAMPUP_EPOCHS ?=
+BALANCE_ALPHA ?=
+TRANSFER_NOISE ?=
+# make predict
+INPUT ?=
+OUTPUT ?=
+MODEL ?= moe
+# test-time augmentation by mirroring (nnU-Net's default); TTA=0 is 8x faster in 3D
+TTA ?= 1
 # processes: preprocessing (low/full resolution) and data augmentation during training
 TL ?= 8
 TF ?= 8
@@ -54,6 +70,15 @@ ifneq ($(strip $(NPROC_DA)),)
   export nnUNet_n_proc_DA := $(NPROC_DA)
 endif
 
+export MOE_NUM_EXPERTS := $(EXPERTS)
+export MOE_TOP_K := $(TOP_K)
+export MOE_INFERENCE_TOP_K := $(INFERENCE_TOP_K)
+export MOE_LAMBDA_MAX := $(LAMBDA_MAX)
+export MOE_WARMUP_EPOCHS := $(WARMUP_EPOCHS)
+export MOE_RAMPUP_EPOCHS := $(RAMPUP_EPOCHS)
+export MOE_BALANCE_ALPHA := $(BALANCE_ALPHA)
+export MOE_TRANSFER_NOISE := $(TRANSFER_NOISE)
+
 WORKFLOW_ARGS := --task $(TASK) --fold $(FOLD) --plans $(PLANS) --trainer $(TRAINER) $(if $(FORCE),--force)
 
 # demo: a synthetic download, CPU-sized, in its own folder (never touches data/)
@@ -62,8 +87,11 @@ DEMO_CASES ?= 20
 DEMO_EPOCHS ?= 25
 DEMO_ITERS ?= 25
 DEMO_VAL_ITERS ?= 4
+DEMO_SEMI_EPOCHS ?= 10
+DEMO_WARMUP_EPOCHS ?= 2
+DEMO_RAMPUP_EPOCHS ?= 5
 
-.PHONY: help setup convert preprocess baseline demo test clean-demo
+.PHONY: help setup convert preprocess baseline weights semi predict demo test clean-demo
 
 help:
 	@sed -n 's/^## \{0,1\}//p' $(MAKEFILE_LIST)
@@ -73,7 +101,11 @@ help:
 ##   convert     DATA=<COVID-19-20 download> [TASK=200 TASK_NAME LABELED_FRACTION=0.5 SEED=0 EXTRA_UNLABELED= FORCE=]
 ##   preprocess  nnUNet_plan_and_preprocess [TASK PLANNER3D TL=8 TF=8 FORCE=]
 ##   baseline    3d_fullres + 3d_lowres (--npz), nnUNet_ensemble, Dice table [FOLD=4 TRAINER PLANS EPOCHS ITERS VAL_ITERS NPROC_DA]
-##   demo        synthetic download -> convert -> preprocess -> baseline on the CPU [DEMO_DIR=demo]
+##   weights     baseline 3d_fullres checkpoint -> MoE initialisation [FOLD TRANSFER_NOISE=0.001 EXPERTS=3 TOP_K=2 FORCE=]
+##   semi        train nnUNetTrainerV2_moe from it, validate, Dice vs baseline [EXPERTS TOP_K LAMBDA_MAX WARMUP_EPOCHS
+##               RAMPUP_EPOCHS BALANCE_ALPHA EPOCHS ITERS VAL_ITERS FORCE=]
+##   predict     INPUT=<dir|file> OUTPUT=<dir> [MODEL=moe|fullres|lowres|ensemble FOLD INFERENCE_TOP_K TTA=1 FORCE=]
+##   demo        synthetic download -> convert -> preprocess -> baseline -> weights -> semi -> predict, CPU [DEMO_DIR=demo]
 ##   test        pytest
 
 # ---------------------------------------------------------------- setup
@@ -111,12 +143,24 @@ preprocess: setup
 baseline: setup
 	$(PY) scripts/baseline.py $(WORKFLOW_ARGS)
 
+MOE_ARGS := --task $(TASK) --fold $(FOLD) --plans $(PLANS) --trainer $(TRAINER) --moe-trainer $(MOE_TRAINER) $(if $(FORCE),--force)
+
+weights: setup
+	$(PY) scripts/moe_weights.py $(MOE_ARGS)
+
+semi: setup
+	$(PY) scripts/semi.py $(MOE_ARGS)
+
+predict: setup
+	@test -n "$(INPUT)" -a -n "$(OUTPUT)" || { echo "ERROR: set INPUT=<CT file or folder> and OUTPUT=<folder>" >&2; exit 1; }
+	$(PY) scripts/predict.py --input "$(INPUT)" --output "$(OUTPUT)" --model $(MODEL) $(MOE_ARGS) $(if $(filter 0,$(TTA)),--disable-tta)
+
 # ---------------------------------------------------------------- demo
 DEMO_ENV := nnUNet_raw_data_base=$(DEMO_DIR)/nnUNet_raw nnUNet_preprocessed=$(DEMO_DIR)/nnUNet_preprocessed \
 	RESULTS_FOLDER=$(DEMO_DIR)/nnUNet_trained_models
 DEMO_MAKE := $(DEMO_ENV) $(MAKE) --no-print-directory PLANNER3D=ExperimentPlanner3D_v21_CPUDemo \
 	PLANS=nnUNetPlans_CPUDemo EPOCHS=$(DEMO_EPOCHS) ITERS=$(DEMO_ITERS) VAL_ITERS=$(DEMO_VAL_ITERS) \
-	NPROC_DA=2 TL=2 TF=2
+	NPROC_DA=2 TL=2 TF=2 WARMUP_EPOCHS=$(DEMO_WARMUP_EPOCHS) RAMPUP_EPOCHS=$(DEMO_RAMPUP_EPOCHS)
 # time one demo stage: $(call demo_stage,name,command)
 demo_stage = @s=$$(date +%s); $(2) || exit 1; echo "$(1): $$(( $$(date +%s) - s )) s" | tee -a $(DEMO_DIR)/timings.txt
 
@@ -131,9 +175,13 @@ demo: setup clean-demo
 	$(call demo_stage,convert,$(DEMO_MAKE) convert DATA=$(DEMO_DIR)/download)
 	$(call demo_stage,preprocess,$(DEMO_MAKE) preprocess)
 	$(call demo_stage,baseline,$(DEMO_MAKE) baseline)
+	$(call demo_stage,weights,$(DEMO_MAKE) weights)
+	$(call demo_stage,semi,$(DEMO_MAKE) semi EPOCHS=$(DEMO_SEMI_EPOCHS))
+	$(call demo_stage,predict,$(DEMO_MAKE) predict TTA=0 INPUT=$(DEMO_DIR)/download/Validation OUTPUT=$(DEMO_DIR)/predictions)
 	@echo; echo "demo finished; stage wall times:"; cat $(DEMO_DIR)/timings.txt
 	@echo "outputs: download $(DEMO_DIR)/download | raw task $(DEMO_DIR)/nnUNet_raw/nnUNet_raw_data"
 	@echo "         preprocessed $(DEMO_DIR)/nnUNet_preprocessed | models, validation and ensemble $(DEMO_DIR)/nnUNet_trained_models/nnUNet"
+	@echo "         MoE predictions for the validation CTs $(DEMO_DIR)/predictions"
 
 # ---------------------------------------------------------------- tests
 test: setup

@@ -12,7 +12,7 @@ import torch
 
 from workspace import WorkflowError, main_guard, model_dir, task_name
 
-# experts 1..E-1 are perturbed by 1% (see moe_weight_transfer); softmax outputs move by far less than this
+# experts 1..E-1 are perturbed by 0.1% (see moe_weight_transfer); their softmax outputs move by far less than this
 TOLERANCE = 0.05
 
 
@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--plans", default="nnUNetPlansv2.1")
     parser.add_argument("--trainer", default="nnUNetTrainerV2", help="the baseline's trainer")
     parser.add_argument("--moe-trainer", default="nnUNetTrainerV2_moe")
-    parser.add_argument("--perturbation", type=float, default=float(os.environ.get("MOE_TRANSFER_NOISE", "0.01")))
+    parser.add_argument("--perturbation", type=float, default=float(os.environ.get("MOE_TRANSFER_NOISE") or 1e-3))
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args()
 

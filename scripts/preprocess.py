@@ -1,8 +1,8 @@
 """`make preprocess`: nnUNet_plan_and_preprocess for the task, with a check of what it planned."""
 import argparse
 
-from workspace import (WorkflowError, configurations, load_plans, main_guard, plans_file, preprocessed_dir, run,
-                       task_name)
+from workspace import (WorkflowError, configurations, load_plans, main_guard, plans_file, preprocessed_dir,
+                       raw_data_dir, run, task_name)
 
 
 def main() -> None:
@@ -34,6 +34,19 @@ def main() -> None:
     if len(stages) == 1:
         print("The planner made no 3d_lowres stage (3d_fullres sees enough of each image); "
               "'make baseline' will train 3d_fullres only.")
+    preprocess_unlabeled(task, args.plans, args.tf)
+
+
+def preprocess_unlabeled(task: str, plans: str, processes: int) -> None:
+    """The unlabelled pool, with the task's own plans, into <preprocessed>/<task>/unlabeled/ (for the MoE)."""
+    from nnunet.preprocessing.unlabeled_preprocessing import (UNLABELED_SUBFOLDER, preprocess_unlabeled_pool,
+                                                              unlabeled_images)
+    raw_task = raw_data_dir() / task
+    if not unlabeled_images(raw_task):
+        print(f"no unlabelled pool in {raw_task / 'imagesUnlabeled'} (fine for the baseline; the MoE needs one)")
+        return
+    count = preprocess_unlabeled_pool(raw_task, preprocessed_dir(task), plans_file(task, plans), processes)
+    print(f"unlabelled pool: {count} case(s) preprocessed into {preprocessed_dir(task) / UNLABELED_SUBFOLDER}")
 
 
 if __name__ == "__main__":

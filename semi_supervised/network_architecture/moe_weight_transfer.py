@@ -6,7 +6,7 @@ baseline's upsampling layers and segmentation heads; the gate keeps its fresh (z
 Experts that start identical receive identical gradients for identical routing, so they diverge only
 slowly. Experts 1..E-1 therefore get a small perturbation: Gaussian noise with a standard deviation of
 `perturbation` times the standard deviation of each copied weight tensor (convolution weights only;
-default 1%). Expert 0 stays an exact copy, so forcing the gate to it reproduces the baseline exactly.
+default 0.1%). Expert 0 stays an exact copy, so forcing the gate to it reproduces the baseline exactly.
 """
 import re
 from typing import Dict, List, Optional, Tuple
@@ -26,7 +26,7 @@ def baseline_key_for(moe_key: str) -> Optional[str]:
     return match.group(2) if match else moe_key
 
 
-def transfer_state_dict(baseline_state: Dict[str, torch.Tensor], moe: Generic_UNet_MoE, perturbation: float = 0.01,
+def transfer_state_dict(baseline_state: Dict[str, torch.Tensor], moe: Generic_UNet_MoE, perturbation: float = 1e-3,
                         seed: int = 0) -> Tuple[Dict[str, torch.Tensor], List[str]]:
     """Return (the MoE state dict, the MoE keys copied from the baseline)."""
     generator = torch.Generator().manual_seed(seed)

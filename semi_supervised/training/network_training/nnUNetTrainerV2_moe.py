@@ -39,7 +39,7 @@ from torch.cuda.amp import autocast  # noqa: E402
 from nnunet.network_architecture.generic_UNet_MoE import Generic_UNet_MoE, MoEOutput  # noqa: E402
 from nnunet.network_architecture.initialization import InitWeights_He  # noqa: E402
 from nnunet.preprocessing.unlabeled_preprocessing import unlabeled_stage_folder  # noqa: E402
-from nnunet.training.data_augmentation.data_augmentation_moreDA import get_moreDA_augmentation  # noqa: E402
+from nnunet.training.data_augmentation.default_data_augmentation import get_moreDA_augmentation  # noqa: E402
 from nnunet.training.dataloading.dataset_loading import DataLoader3D, DataLoader2D, load_dataset, \
     unpack_dataset  # noqa: E402
 from nnunet.training.loss_functions.moe_losses import (consistency_weight, expert_usage, load_balancing_loss,

@@ -1,0 +1,137 @@
+"""`make predict`: segment new CTs with a trained model; outputs keep each input's geometry.
+
+INPUT is a folder of CT .nii.gz files or one file. Names need not follow nnU-Net's <case>_0000.nii.gz
+convention: the inputs are linked into a temporary folder under that name, and each segmentation is
+written as <case>.nii.gz, where <case> is the input's name without _0000/.nii.gz.
+
+MODEL: moe (nnUNetTrainerV2_moe, 3d_fullres), fullres, lowres (nnUNetTrainerV2), or ensemble
+(fullres + lowres, averaged softmax through nnUNet_ensemble). Existing segmentations in OUTPUT are not
+overwritten without --force.
+"""
+import argparse
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Dict, List
+
+import SimpleITK as sitk
+
+from workspace import WorkflowError, main_guard, model_dir, run, task_name
+
+MODELS = {"moe": [("3d_fullres", "moe")], "fullres": [("3d_fullres", "baseline")],
+          "lowres": [("3d_lowres", "baseline")], "ensemble": [("3d_fullres", "baseline"), ("3d_lowres", "baseline")]}
+
+
+def case_id(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii", "_0000"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return name
+
+
+def collect_inputs(source: Path) -> Dict[str, Path]:
+    if source.is_file():
+        files = [source]
+    elif source.is_dir():
+        files = sorted(list(source.glob("*.nii.gz")) + list(source.glob("*.nii")))
+    else:
+        raise WorkflowError(f"INPUT {source} does not exist")
+    if not files:
+        raise WorkflowError(f"INPUT {source} holds no .nii.gz / .nii file")
+    inputs, problems = {}, []
+    for f in files:
+        try:
+            info = sitk.ImageFileReader()
+            info.SetFileName(str(f))
+            info.ReadImageInformation()
+            if info.GetDimension() != 3 or info.GetNumberOfComponents() != 1:
+                problems.append(f"{f}: not a 3D single-channel image (dimension {info.GetDimension()})")
+        except RuntimeError as e:
+            problems.append(f"{f}: cannot be read ({str(e).strip().splitlines()[-1]})")
+        if case_id(f) in inputs:
+            problems.append(f"{f}: case id {case_id(f)} given twice")
+        inputs[case_id(f)] = f
+    if problems:
+        raise WorkflowError("bad input:\n  " + "\n  ".join(problems))
+    return inputs
+
+
+def check_models(task: str, model: str, args) -> List[Path]:
+    folders = []
+    for configuration, kind in MODELS[model]:
+        trainer = args.moe_trainer if kind == "moe" else args.trainer
+        folder = model_dir(configuration, task, trainer, args.plans, args.fold)
+        if not (folder / "model_final_checkpoint.model").is_file():
+            target = "make semi" if kind == "moe" else "make baseline"
+            raise WorkflowError(f"no trained {configuration} {trainer} model for fold {args.fold} in {folder}: "
+                                f"run '{target}' first")
+        folders.append(folder)
+    return folders
+
+
+def predict(images: Path, output: Path, task_id: int, configuration: str, trainer: str, plans: str, fold,
+            npz: bool, tta: bool) -> None:
+    command = ["nnUNet_predict", "-i", str(images), "-o", str(output), "-t", str(task_id), "-m", configuration,
+               "-tr", trainer, "-p", plans, "-f", str(fold), "-chk", "model_final_checkpoint"]
+    run(command + (["--save_npz"] if npz else []) + ([] if tta else ["--disable_tta"]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--input", type=Path, required=True)
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--model", choices=sorted(MODELS), default="moe")
+    parser.add_argument("--task", type=int, required=True)
+    parser.add_argument("--fold", default="4")
+    parser.add_argument("--plans", default="nnUNetPlansv2.1")
+    parser.add_argument("--trainer", default="nnUNetTrainerV2")
+    parser.add_argument("--moe-trainer", default="nnUNetTrainerV2_moe")
+    parser.add_argument("--disable-tta", action="store_true", help="no mirroring at test time (8x faster in 3D)")
+    parser.add_argument("--force", action="store_true")
+    args = parser.parse_args()
+
+    task = task_name(args.task)
+    folders = check_models(task, args.model, args)
+    inputs = collect_inputs(args.input)
+    existing = [c for c in inputs if (args.output / f"{c}.nii.gz").exists()]
+    if existing and not args.force:
+        raise WorkflowError(f"{args.output} already holds segmentations of {', '.join(existing[:5])}: "
+                            f"use FORCE=1 to overwrite them")
+    try:
+        args.output.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=args.output)
+        probe.close()
+    except OSError as e:
+        raise WorkflowError(f"OUTPUT {args.output} is not writable ({e})")
+
+    with tempfile.TemporaryDirectory(prefix="predict-", dir=args.output) as tmp:
+        staged = Path(tmp) / "input"
+        staged.mkdir()
+        for case, path in inputs.items():
+            os.symlink(path.resolve(), staged / f"{case}_0000.nii.gz")
+        if args.model == "ensemble":
+            parts = []
+            for folder, (configuration, _) in zip(folders, MODELS["ensemble"]):
+                part = Path(tmp) / configuration
+                predict(staged, part, args.task, configuration, args.trainer, args.plans, args.fold, npz=True,
+                        tta=not args.disable_tta)
+                parts.append(str(part))
+            result = Path(tmp) / "ensemble"
+            run(["nnUNet_ensemble", "-f", *parts, "-o", str(result)])
+        else:
+            configuration, kind = MODELS[args.model][0]
+            result = Path(tmp) / "result"
+            predict(staged, result, args.task, configuration, args.moe_trainer if kind == "moe" else args.trainer,
+                    args.plans, args.fold, npz=False, tta=not args.disable_tta)
+        for case in inputs:
+            produced = result / f"{case}.nii.gz"
+            if not produced.is_file():
+                raise WorkflowError(f"nnU-Net wrote no segmentation for {case}")
+            shutil.move(str(produced), args.output / f"{case}.nii.gz")
+    print(f"{len(inputs)} segmentation(s) ({args.model}) written to {args.output}")
+
+
+if __name__ == "__main__":
+    main_guard(main)

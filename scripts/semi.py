@@ -1,0 +1,45 @@
+"""`make semi`: train nnUNetTrainerV2_moe from the baseline's weights, validate, compare with the baseline.
+
+    nnUNet_train 3d_fullres nnUNetTrainerV2_moe <task> <fold> --npz -pretrained_weights <moe_init_fold_F.model>
+
+The initialisation comes from `make weights`; the unlabelled pool from `make preprocess`. Prints the
+validation Dice of the baseline 3d_fullres model and of the MoE on the same cases.
+"""
+import argparse
+
+from moe_weights import moe_init_file
+from nnunet_runs import print_and_save_dice_table, train_or_resume
+from segmentation_metrics import dice_per_case
+from workspace import WorkflowError, ground_truth_dir, load_plans, main_guard, model_dir, task_name
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", type=int, required=True)
+    parser.add_argument("--fold", default="4")
+    parser.add_argument("--plans", default="nnUNetPlansv2.1")
+    parser.add_argument("--trainer", default="nnUNetTrainerV2", help="the baseline's trainer")
+    parser.add_argument("--moe-trainer", default="nnUNetTrainerV2_moe")
+    parser.add_argument("--force", action="store_true", help="retrain the MoE from its initialisation")
+    args = parser.parse_args()
+
+    task = task_name(args.task)
+    load_plans(task, args.plans)  # names 'make preprocess' when missing
+    init = moe_init_file(task, args.moe_trainer, args.plans, args.fold)
+    if not init.is_file():
+        raise WorkflowError(f"no MoE initialisation {init}: run 'make weights' first")
+    moe = train_or_resume("3d_fullres", args.task, task, args.moe_trainer, args.plans, args.fold, args.force,
+                          first_start_args=["-pretrained_weights", str(init)])
+
+    references = ground_truth_dir(task)
+    results = {"moe": dice_per_case(moe / "validation_raw", references)}
+    baseline = model_dir("3d_fullres", task, args.trainer, args.plans, args.fold) / "validation_raw"
+    if list(baseline.glob("*.nii.gz")):
+        results = {"fullres": dice_per_case(baseline, references), **results}
+    if not results["moe"]:
+        raise WorkflowError(f"no validation predictions in {moe / 'validation_raw'}")
+    print_and_save_dice_table(results, moe.parent / f"moe_vs_baseline_dice_fold_{args.fold}.csv")
+
+
+if __name__ == "__main__":
+    main_guard(main)

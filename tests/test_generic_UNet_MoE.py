@@ -1,0 +1,115 @@
+"""Generic_UNet_MoE: shapes, gating, batched routing, inference output."""
+import pytest
+import torch
+
+from moe_helpers import SHAPES, batch, tiny_moe
+from nnunet.network_architecture.generic_UNet_MoE import MoEOutput
+
+DIMS = [2, 3]
+
+
+def randomize_gate(net, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        net.gate.w_gate.weight.copy_(torch.randn(net.gate.w_gate.weight.shape, generator=generator) * 5)
+    return net
+
+
+@pytest.mark.parametrize("dim", DIMS)
+def test_training_forward_shapes(dim):
+    net = tiny_moe(dim, num_experts=3, top_k=2)
+    out = net(batch(dim))
+    assert isinstance(out, MoEOutput)
+    assert out.combined[0].shape == (4, 2) + SHAPES[dim]
+    assert len(out.combined) == 3  # one output per decoder level, full resolution first
+    assert len(out.slots) == 2 and all(len(s) == 3 for s in out.slots)
+    assert out.gate.indices.shape == (4, 2) and out.gate.weights.shape == (4, 2) and out.gate.probs.shape == (4, 3)
+    assert torch.allclose(out.gate.weights.sum(1), torch.ones(4))
+
+
+@pytest.mark.parametrize("dim", DIMS)
+def test_inference_returns_one_full_resolution_tensor(dim):
+    net = tiny_moe(dim).eval()
+    net.do_ds = False
+    with torch.no_grad():
+        out = net(batch(dim))
+    assert isinstance(out, torch.Tensor) and out.shape == (4, 2) + SHAPES[dim]
+
+
+@pytest.mark.parametrize("dim", DIMS)
+def test_top_k_picks_the_largest_logits_and_softmaxes_them(dim):
+    net = randomize_gate(tiny_moe(dim, num_experts=4, top_k=2)).eval()
+    x = batch(dim)
+    bottleneck, _ = net.encode(x)
+    logits = net.gate.w_gate(bottleneck.mean(dim=tuple(range(2, bottleneck.dim()))))
+    decision = net.gate(bottleneck, 2)
+    expected = logits.topk(2, dim=1)
+    assert torch.equal(decision.indices, expected.indices)
+    assert torch.allclose(decision.weights, torch.softmax(expected.values, 1))
+    assert torch.allclose(decision.probs, torch.softmax(logits, 1))
+
+
+def test_gate_noise_only_in_training():
+    net = randomize_gate(tiny_moe(3, num_experts=3, top_k=1))
+    bottleneck, _ = net.encode(batch(3, n=8))
+    net.eval()
+    assert torch.equal(net.gate(bottleneck, 1).probs, net.gate(bottleneck, 1).probs)
+    net.train()
+    assert not torch.equal(net.gate(bottleneck, 1).probs, net.gate(bottleneck, 1).probs)
+
+
+def route_samples_to(net, x, top_logits):
+    """Set the gate's weights so that sample b gets (roughly) the logits top_logits[b]."""
+    with torch.no_grad():
+        bottleneck, _ = net.encode(x)
+        pooled = bottleneck.mean(dim=tuple(range(2, bottleneck.dim())))
+        net.gate.w_gate.weight.copy_((torch.linalg.pinv(pooled) @ top_logits).T)
+
+
+@pytest.mark.parametrize("dim", DIMS)
+def test_batched_routing_equals_a_per_sample_reference(dim):
+    net = tiny_moe(dim, num_experts=3, top_k=2).eval()
+    x = batch(dim, n=6)
+    route_samples_to(net, x, torch.tensor([[3., 2, 0], [0, 3, 2], [2, 0, 3], [3, 0, 2], [0, 2, 3], [2, 3, 0]]))
+    with torch.no_grad():
+        out = net(x)
+        assert len(torch.unique(out.gate.indices[:, 0])) == 3  # the batch really is split among experts
+        for b in range(x.shape[0]):
+            bottleneck, skips = net.encode(x[b:b + 1])
+            reference = 0
+            for slot in range(2):
+                expert = int(out.gate.indices[b, slot])
+                expert_out = net.decode(net.experts[expert], bottleneck, skips)
+                assert (out.slots[slot][0][b] - expert_out[0][0]).abs().max() < 1e-4, (out.slots[slot][0][b] - expert_out[0][0]).abs().max()
+                reference = reference + out.gate.weights[b, slot] * expert_out[0][0]
+            assert torch.allclose(out.combined[0][b], reference, atol=1e-4)
+
+
+def test_inference_k_is_a_setting():
+    net = randomize_gate(tiny_moe(3, num_experts=3, top_k=2, inference_top_k=1)).eval()
+    x = batch(3)
+    with torch.no_grad():
+        net.do_ds = True
+        chosen = net(x).gate.indices[:, 0]
+        net.do_ds = False
+        out = net(x)
+        for b in range(x.shape[0]):
+            bottleneck, skips = net.encode(x[b:b + 1])
+            net.do_ds = False
+            alone = net.decode(net.experts[int(chosen[b])], bottleneck, skips)[0][0]
+            assert torch.allclose(out[b], alone, atol=1e-4)
+
+
+@pytest.mark.parametrize("kwargs", [dict(num_experts=2, top_k=3), dict(num_experts=3, top_k=0),
+                                    dict(num_experts=3, top_k=2, inference_top_k=4)])
+def test_invalid_k_is_refused(kwargs):
+    with pytest.raises(ValueError, match="top_k"):
+        tiny_moe(2, **kwargs)
+
+
+def test_state_dict_names_follow_generic_unet():
+    keys = tiny_moe(3, num_experts=2).state_dict().keys()
+    assert any(k.startswith("conv_blocks_context.") for k in keys)
+    assert any(k.startswith("experts.1.tu.0.") for k in keys)
+    assert any(k.startswith("experts.1.seg_outputs.2.") for k in keys)
+    assert not any(k.startswith(("tu.", "seg_outputs.")) for k in keys)
