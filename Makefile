@@ -54,6 +54,12 @@ TRANSFER_NOISE ?=
 INPUT ?=
 OUTPUT ?=
 MODEL ?= moe
+# make gradcam (LAYER empty: the documented default)
+LAYER ?=
+BACKEND ?= gcam
+# make report
+REPORT_DIR ?= report
+NSD_TOLERANCE_MM ?= 1.0
 # test-time augmentation by mirroring (nnU-Net's default); TTA=0 is 8x faster in 3D
 TTA ?= 1
 # processes: preprocessing (low/full resolution) and data augmentation during training
@@ -91,7 +97,7 @@ DEMO_SEMI_EPOCHS ?= 10
 DEMO_WARMUP_EPOCHS ?= 2
 DEMO_RAMPUP_EPOCHS ?= 5
 
-.PHONY: help setup convert preprocess baseline weights semi predict demo test clean-demo
+.PHONY: help setup convert preprocess baseline weights semi predict gradcam report demo test clean-demo
 
 help:
 	@sed -n 's/^## \{0,1\}//p' $(MAKEFILE_LIST)
@@ -105,7 +111,11 @@ help:
 ##   semi        train nnUNetTrainerV2_moe from it, validate, Dice vs baseline [EXPERTS TOP_K LAMBDA_MAX WARMUP_EPOCHS
 ##               RAMPUP_EPOCHS BALANCE_ALPHA EPOCHS ITERS VAL_ITERS FORCE=]
 ##   predict     INPUT=<dir|file> OUTPUT=<dir> [MODEL=moe|fullres|lowres|ensemble FOLD INFERENCE_TOP_K TTA=1 FORCE=]
-##   demo        synthetic download -> convert -> preprocess -> baseline -> weights -> semi -> predict, CPU [DEMO_DIR=demo]
+##   gradcam     INPUT=<dir|file> OUTPUT=<dir> [MODEL=moe|fullres FOLD LAYER BACKEND=gcam|gcampp TTA=1 FORCE=]
+##   report      lowres, fullres, ensemble and MoE compared from disk: Markdown, CSV, plots [FOLD REPORT_DIR=report
+##               NSD_TOLERANCE_MM=1.0]
+##   demo        synthetic download -> convert -> preprocess -> baseline -> weights -> semi -> predict -> gradcam -> report,
+##               on the CPU [DEMO_DIR=demo]
 ##   test        pytest
 
 # ---------------------------------------------------------------- setup
@@ -155,6 +165,15 @@ predict: setup
 	@test -n "$(INPUT)" -a -n "$(OUTPUT)" || { echo "ERROR: set INPUT=<CT file or folder> and OUTPUT=<folder>" >&2; exit 1; }
 	$(PY) scripts/predict.py --input "$(INPUT)" --output "$(OUTPUT)" --model $(MODEL) $(MOE_ARGS) $(if $(filter 0,$(TTA)),--disable-tta)
 
+gradcam: setup
+	@test -n "$(INPUT)" -a -n "$(OUTPUT)" || { echo "ERROR: set INPUT=<CT file or folder> and OUTPUT=<folder>" >&2; exit 1; }
+	$(PY) scripts/gradcam.py --input "$(INPUT)" --output "$(OUTPUT)" --model $(if $(filter fullres,$(MODEL)),fullres,moe) \
+		--backend $(BACKEND) $(if $(LAYER),--layer $(LAYER)) $(MOE_ARGS) $(if $(filter 0,$(TTA)),--disable-tta)
+
+report: setup
+	$(PY) scripts/report.py --task $(TASK) --fold $(FOLD) --plans $(PLANS) --trainer $(TRAINER) \
+		--moe-trainer $(MOE_TRAINER) --output "$(REPORT_DIR)" --tolerance-mm $(NSD_TOLERANCE_MM)
+
 # ---------------------------------------------------------------- demo
 DEMO_ENV := nnUNet_raw_data_base=$(DEMO_DIR)/nnUNet_raw nnUNet_preprocessed=$(DEMO_DIR)/nnUNet_preprocessed \
 	RESULTS_FOLDER=$(DEMO_DIR)/nnUNet_trained_models
@@ -178,10 +197,15 @@ demo: setup clean-demo
 	$(call demo_stage,weights,$(DEMO_MAKE) weights)
 	$(call demo_stage,semi,$(DEMO_MAKE) semi EPOCHS=$(DEMO_SEMI_EPOCHS))
 	$(call demo_stage,predict,$(DEMO_MAKE) predict TTA=0 INPUT=$(DEMO_DIR)/download/Validation OUTPUT=$(DEMO_DIR)/predictions)
+	@mkdir -p $(DEMO_DIR)/gradcam_input && ln -sf $$(ls $(DEMO_DIR)/download/Validation/*_ct.nii.gz | head -1) $(DEMO_DIR)/gradcam_input/
+	$(call demo_stage,gradcam,$(DEMO_MAKE) gradcam TTA=0 INPUT=$(DEMO_DIR)/gradcam_input OUTPUT=$(DEMO_DIR)/gradcam)
+	$(call demo_stage,report,$(DEMO_MAKE) report REPORT_DIR=$(DEMO_DIR)/report > $(DEMO_DIR)/report.log)
+	@echo; sed -n '/^| model/,$$p' $(DEMO_DIR)/report/report.md | sed '/^!\[/d'
 	@echo; echo "demo finished; stage wall times:"; cat $(DEMO_DIR)/timings.txt
 	@echo "outputs: download $(DEMO_DIR)/download | raw task $(DEMO_DIR)/nnUNet_raw/nnUNet_raw_data"
 	@echo "         preprocessed $(DEMO_DIR)/nnUNet_preprocessed | models, validation and ensemble $(DEMO_DIR)/nnUNet_trained_models/nnUNet"
-	@echo "         MoE predictions for the validation CTs $(DEMO_DIR)/predictions"
+	@echo "         MoE predictions for the validation CTs $(DEMO_DIR)/predictions | report $(DEMO_DIR)/report/report.md"
+	@echo "         Grad-CAM overlays: $$(ls $(DEMO_DIR)/gradcam/*_overlay.png)"
 
 # ---------------------------------------------------------------- tests
 test: setup

@@ -23,7 +23,9 @@ def train_or_resume(configuration: str, task_id: int, task: str, trainer: str, p
                     first_start_args: List[str] = ()) -> Path:
     """Train (or resume, or skip) one configuration; returns its fold folder. first_start_args only for a fresh start."""
     folder = model_dir(configuration, task, trainer, plans, fold)
-    command = ["nnUNet_train", configuration, trainer, str(task_id), str(fold), "-p", plans, "--npz"]
+    # --disable_next_stage_pred (patch 0005): the workflow ensembles 3d_lowres, it never trains the cascade
+    command = ["nnUNet_train", configuration, trainer, str(task_id), str(fold), "-p", plans, "--npz",
+               "--disable_next_stage_pred"]
     if (folder / "model_final_checkpoint.model").is_file() and not force:
         print(f"{configuration} {trainer}: already trained ({folder}); FORCE=1 retrains it")
         if not has_npz_validation(folder):

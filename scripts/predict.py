@@ -13,49 +13,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Dict, List
+from typing import List
 
-import SimpleITK as sitk
-
+from ct_inputs import collect_inputs, ensure_writable, refuse_overwrite
 from workspace import WorkflowError, main_guard, model_dir, run, task_name
 
 MODELS = {"moe": [("3d_fullres", "moe")], "fullres": [("3d_fullres", "baseline")],
           "lowres": [("3d_lowres", "baseline")], "ensemble": [("3d_fullres", "baseline"), ("3d_lowres", "baseline")]}
-
-
-def case_id(path: Path) -> str:
-    name = path.name
-    for suffix in (".nii.gz", ".nii", "_0000"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-    return name
-
-
-def collect_inputs(source: Path) -> Dict[str, Path]:
-    if source.is_file():
-        files = [source]
-    elif source.is_dir():
-        files = sorted(list(source.glob("*.nii.gz")) + list(source.glob("*.nii")))
-    else:
-        raise WorkflowError(f"INPUT {source} does not exist")
-    if not files:
-        raise WorkflowError(f"INPUT {source} holds no .nii.gz / .nii file")
-    inputs, problems = {}, []
-    for f in files:
-        try:
-            info = sitk.ImageFileReader()
-            info.SetFileName(str(f))
-            info.ReadImageInformation()
-            if info.GetDimension() != 3 or info.GetNumberOfComponents() != 1:
-                problems.append(f"{f}: not a 3D single-channel image (dimension {info.GetDimension()})")
-        except RuntimeError as e:
-            problems.append(f"{f}: cannot be read ({str(e).strip().splitlines()[-1]})")
-        if case_id(f) in inputs:
-            problems.append(f"{f}: case id {case_id(f)} given twice")
-        inputs[case_id(f)] = f
-    if problems:
-        raise WorkflowError("bad input:\n  " + "\n  ".join(problems))
-    return inputs
 
 
 def check_models(task: str, model: str, args) -> List[Path]:
@@ -95,16 +59,9 @@ def main() -> None:
     task = task_name(args.task)
     folders = check_models(task, args.model, args)
     inputs = collect_inputs(args.input)
-    existing = [c for c in inputs if (args.output / f"{c}.nii.gz").exists()]
-    if existing and not args.force:
-        raise WorkflowError(f"{args.output} already holds segmentations of {', '.join(existing[:5])}: "
-                            f"use FORCE=1 to overwrite them")
-    try:
-        args.output.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=args.output)
-        probe.close()
-    except OSError as e:
-        raise WorkflowError(f"OUTPUT {args.output} is not writable ({e})")
+    if not args.force:
+        refuse_overwrite([c for c in inputs if (args.output / f"{c}.nii.gz").exists()], args.output)
+    ensure_writable(args.output)
 
     with tempfile.TemporaryDirectory(prefix="predict-", dir=args.output) as tmp:
         staged = Path(tmp) / "input"

@@ -80,7 +80,7 @@ def test_batched_routing_equals_a_per_sample_reference(dim):
             for slot in range(2):
                 expert = int(out.gate.indices[b, slot])
                 expert_out = net.decode(net.experts[expert], bottleneck, skips)
-                assert (out.slots[slot][0][b] - expert_out[0][0]).abs().max() < 1e-4, (out.slots[slot][0][b] - expert_out[0][0]).abs().max()
+                assert torch.allclose(out.slots[slot][0][b], expert_out[0][0], atol=1e-4)
                 reference = reference + out.gate.weights[b, slot] * expert_out[0][0]
             assert torch.allclose(out.combined[0][b], reference, atol=1e-4)
 

@@ -3,7 +3,6 @@ import hashlib
 
 import numpy as np
 import pandas as pd
-import pytest
 import SimpleITK as sitk
 
 from conftest import TINY

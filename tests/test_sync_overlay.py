@@ -46,3 +46,12 @@ def test_installed_nnunet_holds_the_current_overlay():
     for path in (REPO / "semi_supervised").rglob("*.py"):
         rel = path.relative_to(REPO / "semi_supervised")
         assert (installed / rel).read_bytes() == path.read_bytes(), f"stale copy of {rel}: run make setup"
+
+
+def test_nnunet_lookup_finds_the_overlay_planner():
+    """nnUNet_plan_and_preprocess -pl3d finds planners the way this test does."""
+    import nnunet
+    from nnunet.training.model_restore import recursive_find_python_class
+    planner = recursive_find_python_class([str(Path(nnunet.__path__[0]) / "experiment_planning")],
+                                          "ExperimentPlanner3D_v21_CPUDemo", current_module="nnunet.experiment_planning")
+    assert planner is not None and planner.MAX_PATCH_SIZE == (16, 48, 48)

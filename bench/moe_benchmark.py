@@ -1,0 +1,162 @@
+"""Speed and memory of Generic_UNet_MoE against nnU-Net's Generic_UNet on the same plan.
+
+Measures, each in a fresh process (so that peak memory is the model's own):
+  - a training step (forward + backward + SGD step, batch 2, deep supervision; the MoE's loss covers the
+    gate-weighted combination and every chosen expert, as in nnUNetTrainerV2_moe) of the baseline and of
+    the MoE at training k=2;
+  - inference (one patch, no gradient, do_ds=False, as in nnU-Net's sliding window) of the baseline and
+    of the MoE at inference k=1 and k=2;
+and prints the ratios against the targets (training <= 1.5x at k=2, inference <= 1.1x at k=1).
+
+The default plan is COVID-19-20's 3d_fullres one (patch 28x256x256, six poolings
+[[1,2,2],[1,2,2],[2,2,2],[2,2,2],[1,2,2],[1,2,2]], 32 base features). On a CPU use --cpu-sized (patch
+16x128x128, the same pooling less the last level) unless you have time to spare.
+
+    python bench/moe_benchmark.py [--cpu-sized] [--repeats 10] [--json bench/results/moe.json]
+"""
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+COVID_PATCH = (28, 256, 256)
+COVID_POOLING = [[1, 2, 2], [1, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2], [1, 2, 2]]
+COVID_KERNELS = [[1, 3, 3], [1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]]
+TARGETS = {"train_k2": 1.5, "inference_k1": 1.1}
+
+
+def build(kind: str, pooling, kernels, num_experts: int, top_k: int, inference_top_k: int):
+    from nnunet.network_architecture.generic_UNet import Generic_UNet
+    from nnunet.network_architecture.generic_UNet_MoE import Generic_UNet_MoE
+    from nnunet.network_architecture.initialization import InitWeights_He
+    args = (1, 32, 2, len(pooling), 2, 2, nn.Conv3d, nn.InstanceNorm3d, {"eps": 1e-5, "affine": True}, nn.Dropout3d,
+            {"p": 0, "inplace": True}, nn.LeakyReLU, {"negative_slope": 1e-2, "inplace": True}, True, False,
+            lambda x: x, InitWeights_He(1e-2), pooling, kernels, False, True, True)
+    if kind == "baseline":
+        return Generic_UNet(*args)
+    return Generic_UNet_MoE(*args, num_experts=num_experts, top_k=top_k, inference_top_k=inference_top_k)
+
+
+def deep_supervision_loss(output, target):
+    outputs = output.combined + tuple(o for slot in output.slots for o in slot) if hasattr(output, "slots") \
+        else output
+    loss = 0
+    for o in outputs:
+        t = nn.functional.interpolate(target[:, None].float(), size=o.shape[2:], mode="nearest")[:, 0].long()
+        loss = loss + nn.functional.cross_entropy(o.float(), t)
+    return loss
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(job: dict) -> dict:
+    """Runs in a child process: build, warm up, time; returns milliseconds and peak memory (MB)."""
+    torch.manual_seed(0)
+    device = torch.device(job["device"])
+    net = build(job["kind"], job["pooling"], job["kernels"], job["experts"], job["top_k"], job["inference_top_k"])
+    net = net.to(device)
+    amp = device.type == "cuda"
+    if job["mode"] == "train":
+        net.train()
+        net.do_ds = True
+        optimizer = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.99, nesterov=True)
+        x = torch.randn((2, 1, *job["patch"]), device=device)
+        y = torch.randint(0, 2, (2, *job["patch"]), device=device)
+        scaler = torch.amp.GradScaler("cuda") if amp else None
+
+        def step():
+            optimizer.zero_grad()
+            with torch.autocast(device.type, enabled=amp):
+                loss = deep_supervision_loss(net(x), y)
+            if scaler:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+    else:
+        net.eval()
+        net.do_ds = False
+        x = torch.randn((1, 1, *job["patch"]), device=device)
+
+        def step():
+            with torch.no_grad(), torch.autocast(device.type, enabled=amp):
+                net(x)
+    for _ in range(job["warmup"]):
+        step()
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(job["repeats"]):
+        start = time.perf_counter()
+        step()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    times.sort()
+    peak = torch.cuda.max_memory_allocated() / 2 ** 20 if device.type == "cuda" else \
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"ms": 1000 * times[len(times) // 2], "peak_mb": peak}
+
+
+def run_isolated(job: dict) -> dict:
+    with mp.get_context("spawn").Pool(1) as pool:
+        return pool.apply(measure, (job,))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cpu-sized", action="store_true", help="patch 16x128x128 and five poolings")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--experts", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args()
+
+    patch, pooling, kernels = COVID_PATCH, COVID_POOLING, COVID_KERNELS
+    if args.cpu_sized:
+        patch, pooling, kernels = (16, 128, 128), COVID_POOLING[:5], COVID_KERNELS[:6]
+    base = dict(device=args.device, patch=patch, pooling=pooling, kernels=kernels, experts=args.experts,
+                repeats=args.repeats, warmup=args.warmup)
+    runs = {
+        "baseline train": dict(base, kind="baseline", mode="train", top_k=1, inference_top_k=1),
+        "moe train k=2": dict(base, kind="moe", mode="train", top_k=2, inference_top_k=2),
+        "baseline inference": dict(base, kind="baseline", mode="inference", top_k=1, inference_top_k=1),
+        "moe inference k=1": dict(base, kind="moe", mode="inference", top_k=2, inference_top_k=1),
+        "moe inference k=2": dict(base, kind="moe", mode="inference", top_k=2, inference_top_k=2),
+    }
+    print(f"device {args.device} ({torch.cuda.get_device_name() if args.device == 'cuda' else 'CPU'}), "
+          f"patch {list(patch)}, {len(pooling)} poolings, {args.experts} experts, median of {args.repeats}")
+    results = {}
+    for name, job in runs.items():
+        results[name] = run_isolated(job)
+        print(f"  {name:<20} {results[name]['ms']:9.1f} ms   peak {results[name]['peak_mb']:8.0f} MB", flush=True)
+    ratios = {
+        "train_k2": results["moe train k=2"]["ms"] / results["baseline train"]["ms"],
+        "inference_k1": results["moe inference k=1"]["ms"] / results["baseline inference"]["ms"],
+        "inference_k2": results["moe inference k=2"]["ms"] / results["baseline inference"]["ms"],
+        "train_peak_memory_k2": results["moe train k=2"]["peak_mb"] / results["baseline train"]["peak_mb"],
+    }
+    print("ratios MoE / baseline:")
+    for name, value in ratios.items():
+        target = TARGETS.get(name)
+        verdict = "" if target is None else ("  (target <= %.1f: %s)" % (target, "met" if value <= target else "MISSED"))
+        print(f"  {name:<22} {value:5.2f}x{verdict}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"settings": {k: v for k, v in base.items()}, "results": results,
+                                         "ratios": ratios}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

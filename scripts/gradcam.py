@@ -1,0 +1,113 @@
+"""`make gradcam`: Grad-CAM attention maps for the lesion class, in each input CT's geometry.
+
+For every CT in INPUT writes into OUTPUT:
+    <case>_attention.nii.gz     the map, float in [0, 1], exactly the CT's size, spacing, origin and direction
+    <case>_segmentation.nii.gz  the model's segmentation of the same case (same geometry)
+    <case>_overlay.png          axial slices through the strongest attention and the largest predicted lesion:
+                                CT in a lung window, heat map, predicted contour
+and prints a summary line per case (max attention, share of the attention mass inside the predicted lesion).
+See nnunet/inference/attention_maps.py (semi_supervised/inference/) for how the maps are made.
+"""
+import argparse
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import SimpleITK as sitk  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from ct_inputs import collect_inputs, ensure_writable, refuse_overwrite  # noqa: E402
+from workspace import WorkflowError, main_guard, model_dir, task_name  # noqa: E402
+
+LUNG_WINDOW = (-1350, 150)  # HU: level -600, width 1500
+OUTPUT_SUFFIXES = ("_attention.nii.gz", "_segmentation.nii.gz", "_overlay.png")
+
+
+def axial_slices(attention: np.ndarray, segmentation: np.ndarray):
+    """(title, z) of the slices to show: strongest attention, largest predicted lesion."""
+    slices = [("strongest attention", int(np.unravel_index(np.argmax(attention), attention.shape)[0]))]
+    if segmentation.any():
+        slices.append(("largest predicted lesion", int(np.argmax(segmentation.sum(axis=(1, 2))))))
+    return slices
+
+
+def plot_overlay(case: str, ct: np.ndarray, attention: np.ndarray, segmentation: np.ndarray, path: Path) -> None:
+    slices = axial_slices(attention, segmentation)
+    fig, axes = plt.subplots(1, len(slices), figsize=(5.5 * len(slices), 5.8), squeeze=False)
+    for ax, (what, z) in zip(axes[0], slices):
+        ax.imshow(np.clip(ct[z], *LUNG_WINDOW), cmap="gray")
+        heat = ax.imshow(attention[z], cmap="jet", alpha=0.4, vmin=0, vmax=1)
+        if segmentation[z].any():
+            ax.contour(segmentation[z], levels=[0.5], colors="white", linewidths=1.2)
+        ax.set_title(f"{case}\naxial slice {z} ({what})", fontsize=9)
+        ax.axis("off")
+    fig.colorbar(heat, ax=axes[0].tolist(), fraction=0.03, label="Grad-CAM attention (lesion)")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--input", type=Path, required=True)
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--model", choices=("moe", "fullres"), default="moe")
+    parser.add_argument("--task", type=int, required=True)
+    parser.add_argument("--fold", default="4")
+    parser.add_argument("--plans", default="nnUNetPlansv2.1")
+    parser.add_argument("--trainer", default="nnUNetTrainerV2")
+    parser.add_argument("--moe-trainer", default="nnUNetTrainerV2_moe")
+    parser.add_argument("--layer", default=None, help="network layer (default: see attention_maps.default_layer)")
+    parser.add_argument("--backend", default="gcam", help="gcam (Grad-CAM) or gcampp (Grad-CAM++)")
+    parser.add_argument("--disable-tta", action="store_true", help="no mirroring (8x faster in 3D)")
+    parser.add_argument("--force", action="store_true")
+    args = parser.parse_args()
+
+    from nnunet.inference.attention_maps import (BACKENDS, check_layer, default_layer, load_trainer,
+                                                 predict_attention, predict_softmax, to_original_grid,
+                                                 write_like_input)
+    from nnunet.inference.segmentation_export import save_segmentation_nifti_from_softmax
+
+    if args.backend not in BACKENDS:
+        raise WorkflowError(f"unknown BACKEND '{args.backend}'; choose one of {', '.join(BACKENDS)}")
+    task = task_name(args.task)
+    trainer_name = args.moe_trainer if args.model == "moe" else args.trainer
+    folder = model_dir("3d_fullres", task, trainer_name, args.plans, args.fold)
+    if not (folder / "model_final_checkpoint.model").is_file():
+        target = "make semi" if args.model == "moe" else "make baseline"
+        raise WorkflowError(f"no trained 3d_fullres {trainer_name} model for fold {args.fold} in {folder}: "
+                            f"run '{target}' first")
+    inputs = collect_inputs(args.input)
+    if not args.force:
+        refuse_overwrite([c for c in inputs if any((args.output / (c + s)).exists() for s in OUTPUT_SUFFIXES)],
+                         args.output)
+    ensure_writable(args.output)
+
+    trainer = load_trainer(str(folder.parent), args.fold)
+    layer = args.layer or default_layer(trainer.network)
+    try:
+        check_layer(trainer.network, layer, trainer.patch_size)
+    except ValueError as e:
+        raise WorkflowError(str(e))
+    print(f"Grad-CAM ({args.backend}) of {trainer_name} fold {args.fold} at layer {layer}")
+    for case, path in tqdm(inputs.items(), desc="attention maps", unit="case", disable=None):
+        data, _, properties = trainer.preprocess_patient([str(path)])
+        softmax = predict_softmax(trainer, data, do_mirroring=not args.disable_tta)
+        segmentation_file = str(args.output / f"{case}_segmentation.nii.gz")
+        save_segmentation_nifti_from_softmax(softmax, segmentation_file, properties, order=1, verbose=False)
+        attention = np.clip(to_original_grid(predict_attention(trainer, data, layer, args.backend,
+                                                               not args.disable_tta), properties)[0], 0, 1)
+        write_like_input(attention.astype(np.float32), properties, str(args.output / f"{case}_attention.nii.gz"))
+        segmentation = sitk.GetArrayFromImage(sitk.ReadImage(segmentation_file)) == 1
+        ct = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+        plot_overlay(case, ct, attention, segmentation, args.output / f"{case}_overlay.png")
+        inside = float((attention * segmentation).sum() / max(attention.sum(), 1e-8))
+        tqdm.write(f"{case}: max attention {attention.max():.3f}, attention mass inside the predicted lesion "
+                   f"{100 * inside:.1f}% (lesion {int(segmentation.sum())} voxels)")
+    print(f"attention maps, segmentations and overlays of {len(inputs)} case(s) in {args.output}")
+
+
+if __name__ == "__main__":
+    main_guard(main)

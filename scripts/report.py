@@ -1,0 +1,254 @@
+"""`make report`: compare 3d_lowres, 3d_fullres, their ensemble and the MoE from what is on disk.
+
+Reads every model's validation predictions of the fold (nothing is retrained), computes per-case metrics
+against nnU-Net's reference segmentations in physical space (segmentation_metrics: Dice, NSD at a
+tolerance, HD95 in mm, volume error in ml) and writes into the report folder:
+
+    report.md            header (task, labelled fraction, case counts, training length) and a table per model
+    metrics.csv          one row per model and case, plus a mean row per model
+    dice_boxplot.png     Dice over cases per model
+    paired_dice.png      per-case Dice, baseline 3d_fullres vs MoE
+    moe_training.png     the MoE's losses, lambda and expert usage per epoch (its moe_log.json)
+    overlay_<case>.png   the cases where MoE and baseline differ most: CT, reference and both contours
+
+A model that does not exist is listed as missing; one whose predictions miss cases the others have is
+reported with the cases it lacks.
+"""
+import argparse
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import matplotlib
+
+matplotlib.use("agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import SimpleITK as sitk  # noqa: E402
+import torch  # noqa: E402
+
+from segmentation_metrics import CaseMetrics, metrics_per_case  # noqa: E402
+from workspace import (WorkflowError, ensemble_dir, ground_truth_dir, main_guard, model_dir, raw_data_dir,  # noqa: E402
+                       task_name)
+
+LUNG_WINDOW = (-1350, 150)  # HU: level -600, width 1500
+
+
+def model_folders(task: str, trainer: str, moe_trainer: str, plans: str, fold) -> Dict[str, Dict]:
+    """name -> {'predictions': folder of validation predictions, 'model': trained model folder or None}."""
+    fullres, lowres = model_dir("3d_fullres", task, trainer, plans, fold), model_dir("3d_lowres", task, trainer, plans,
+                                                                                     fold)
+    moe = model_dir("3d_fullres", task, moe_trainer, plans, fold)
+    return {"lowres": {"predictions": lowres / "validation_raw", "model": lowres},
+            "fullres": {"predictions": fullres / "validation_raw", "model": fullres},
+            "ensemble": {"predictions": ensemble_dir(task, trainer, plans, fold), "model": None},
+            "moe": {"predictions": moe / "validation_raw", "model": moe}}
+
+
+def training_length(model: Optional[Path]) -> str:
+    if model is None or not (model / "model_final_checkpoint.model").is_file():
+        return "-"
+    epochs = torch.load(model / "model_final_checkpoint.model", map_location="cpu", weights_only=False)["epoch"]
+    iterations = "?"
+    if (model / "debug.json").is_file():
+        iterations = json.loads((model / "debug.json").read_text()).get("num_batches_per_epoch", "?")
+    return f"{epochs} epochs x {iterations} iterations"
+
+
+def mean(values: List[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
+def summarise(scores: Dict[str, CaseMetrics]) -> dict:
+    rows = list(scores.values())
+    return {"cases": len(rows), "dice": mean([r.dice for r in rows]), "nsd": mean([r.nsd for r in rows]),
+            "hd95_mm": mean([r.hd95_mm for r in rows]),
+            "hd95_undefined": sum(math.isnan(r.hd95_mm) for r in rows),
+            "abs_volume_error_ml": mean([abs(r.volume_error_ml) for r in rows]),
+            "empty_reference": sum(r.reference_empty for r in rows),
+            "empty_prediction": sum(r.prediction_empty for r in rows)}
+
+
+def header(task: str, fold, folders: Dict[str, Dict]) -> List[str]:
+    raw = raw_data_dir() / task
+    split = json.loads((raw / "split.json").read_text()) if (raw / "split.json").is_file() else {}
+    dataset = json.loads((raw / "dataset.json").read_text()) if (raw / "dataset.json").is_file() else {}
+    lines = [f"# Validation report: {task}, fold {fold}", "",
+             f"- labelled fraction: {split.get('labeled_fraction', '?')} (seed {split.get('seed', '?')})",
+             f"- labelled cases: {dataset.get('numTraining', '?')}; unlabelled cases: "
+             f"{dataset.get('numUnlabeled', len(dataset.get('unlabeled', [])))}"]
+    for name, info in folders.items():
+        if info["model"] is not None:
+            lines.append(f"- training of {name}: {training_length(info['model'])}")
+    return lines
+
+
+def markdown_table(summaries: Dict[str, dict], missing: List[str], lacking: Dict[str, List[str]],
+                   tolerance: float) -> List[str]:
+    lines = [f"| model | cases | Dice | NSD@{tolerance:g}mm | HD95 (mm) | HD95 undefined | abs. volume error (ml) "
+             f"| empty ref. | empty pred. |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, s in summaries.items():
+        lines.append(f"| {name} | {s['cases']} | {s['dice']:.4f} | {s['nsd']:.4f} | {s['hd95_mm']:.2f} | "
+                     f"{s['hd95_undefined']} | {s['abs_volume_error_ml']:.2f} | {s['empty_reference']} | "
+                     f"{s['empty_prediction']} |")
+    lines.append("")
+    for name in missing:
+        lines.append(f"- {name}: missing (no validation predictions)")
+    for name, cases in lacking.items():
+        lines.append(f"- {name}: lacks {len(cases)} case(s) the others have: {', '.join(cases)}")
+    return lines
+
+
+def write_csv(scores: Dict[str, Dict[str, CaseMetrics]], summaries: Dict[str, dict], path: Path) -> None:
+    fields = list(CaseMetrics.__dataclass_fields__)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["model", "case"] + fields)
+        for name, per_case in scores.items():
+            for case, m in sorted(per_case.items()):
+                writer.writerow([name, case] + [m.as_row()[k] for k in fields])
+            s = summaries[name]
+            writer.writerow([name, "mean", s["dice"], s["nsd"], s["hd95_mm"], "", "", "", "", ""])
+
+
+def plot_dice_boxplot(scores: Dict[str, Dict[str, CaseMetrics]], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    names = list(scores)
+    ax.boxplot([[m.dice for m in scores[n].values()] for n in names], tick_labels=names)
+    for i, n in enumerate(names):
+        values = [m.dice for m in scores[n].values()]
+        ax.scatter(np.full(len(values), i + 1) + np.linspace(-0.08, 0.08, len(values)), values, s=12, alpha=0.6)
+    ax.set_ylabel("Dice (lesion)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("Validation Dice per model")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_paired_dice(baseline: Dict[str, CaseMetrics], moe: Dict[str, CaseMetrics], path: Path) -> None:
+    cases = sorted(set(baseline) & set(moe))
+    fig, ax = plt.subplots(figsize=(5, 5))
+    b, m = [baseline[c].dice for c in cases], [moe[c].dice for c in cases]
+    colours = ["tab:green" if y > x else "tab:red" if y < x else "tab:grey" for x, y in zip(b, m)]
+    ax.scatter(b, m, c=colours)
+    for x, y, c in zip(b, m, cases):
+        ax.annotate(c.replace("volume-covid19-", ""), (x, y), fontsize=7, alpha=0.7)
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax.set_xlabel("Dice, baseline 3d_fullres")
+    ax.set_ylabel("Dice, MoE")
+    ax.set_title("Per case: above the line the MoE helps")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_moe_training(moe_log: Path, path: Path) -> bool:
+    if not moe_log.is_file():
+        return False
+    log = json.loads(moe_log.read_text())
+    if not log:
+        return False
+    epochs = [e["epoch"] for e in log]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    top.plot(epochs, [e["supervised"] for e in log], label="supervised")
+    top.plot(epochs, [e["consistency"] for e in log], label="consistency")
+    top.plot(epochs, [e["lambda"] for e in log], "k--", label="lambda")
+    top.legend()
+    top.set_ylabel("loss / weight")
+    usage = np.array([e["usage"] for e in log])
+    for i in range(usage.shape[1]):
+        bottom.plot(epochs, usage[:, i], label=f"expert {i}")
+    bottom.set_ylabel("routing fraction")
+    bottom.set_xlabel("epoch")
+    bottom.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def plot_overlay(case: str, ct_path: Path, reference: Path, baseline: Path, moe: Path, path: Path) -> None:
+    ct = sitk.GetArrayFromImage(sitk.ReadImage(str(ct_path)))
+    masks = {name: sitk.GetArrayFromImage(sitk.ReadImage(str(p))) == 1
+             for name, p in (("reference", reference), ("baseline", baseline), ("moe", moe))}
+    difference = (masks["baseline"] ^ masks["moe"]).sum(axis=(1, 2))
+    z = int(np.argmax(difference)) if difference.any() else int(np.argmax(masks["reference"].sum(axis=(1, 2))))
+    fig, ax = plt.subplots(figsize=(6, 6))
+    ax.imshow(np.clip(ct[z], *LUNG_WINDOW), cmap="gray")
+    for (name, mask), colour in zip(masks.items(), ("yellow", "tab:red", "tab:cyan")):
+        if mask[z].any():
+            ax.contour(mask[z], levels=[0.5], colors=colour, linewidths=1.2)
+        ax.plot([], [], color=colour, label=name)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(f"{case}, axial slice {z}")
+    ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", type=int, required=True)
+    parser.add_argument("--fold", default="4")
+    parser.add_argument("--plans", default="nnUNetPlansv2.1")
+    parser.add_argument("--trainer", default="nnUNetTrainerV2")
+    parser.add_argument("--moe-trainer", default="nnUNetTrainerV2_moe")
+    parser.add_argument("--output", type=Path, default=Path("report"))
+    parser.add_argument("--tolerance-mm", type=float, default=1.0, help="NSD tolerance")
+    parser.add_argument("--overlays", type=int, default=3, help="overlay images of the most different cases")
+    args = parser.parse_args()
+
+    task = task_name(args.task)
+    references = ground_truth_dir(task)
+    if not references.is_dir():
+        raise WorkflowError(f"no reference segmentations in {references}: run 'make preprocess' first")
+    folders = model_folders(task, args.trainer, args.moe_trainer, args.plans, args.fold)
+    scores, missing = {}, []
+    for name, info in folders.items():
+        if info["predictions"].is_dir() and any(info["predictions"].glob("*.nii.gz")):
+            scores[name] = metrics_per_case(info["predictions"], references, args.tolerance_mm)
+        else:
+            missing.append(name)
+    if not scores:
+        raise WorkflowError(f"no model of {task} fold {args.fold} has validation predictions: run 'make baseline'")
+    all_cases = sorted(set().union(*[set(s) for s in scores.values()]))
+    lacking = {n: sorted(set(all_cases) - set(s)) for n, s in scores.items() if set(all_cases) - set(s)}
+    summaries = {name: summarise(s) for name, s in scores.items()}
+
+    out = args.output
+    out.mkdir(parents=True, exist_ok=True)
+    lines = header(task, args.fold, folders) + [""] + markdown_table(summaries, missing, lacking, args.tolerance_mm)
+    write_csv(scores, summaries, out / "metrics.csv")
+    plot_dice_boxplot(scores, out / "dice_boxplot.png")
+    figures = ["dice_boxplot.png"]
+    if "fullres" in scores and "moe" in scores:
+        plot_paired_dice(scores["fullres"], scores["moe"], out / "paired_dice.png")
+        figures.append("paired_dice.png")
+        common = sorted(set(scores["fullres"]) & set(scores["moe"]),
+                        key=lambda c: -abs(scores["moe"][c].dice - scores["fullres"][c].dice))
+        for case in common[:args.overlays]:
+            plot_overlay(case, raw_data_dir() / task / "imagesTr" / f"{case}_0000.nii.gz", references / f"{case}.nii.gz",
+                         folders["fullres"]["predictions"] / f"{case}.nii.gz",
+                         folders["moe"]["predictions"] / f"{case}.nii.gz", out / f"overlay_{case}.png")
+            figures.append(f"overlay_{case}.png")
+    if "moe" not in missing and plot_moe_training(folders["moe"]["model"] / "moe_log.json", out / "moe_training.png"):
+        figures.append("moe_training.png")
+    lines += ["", "Metrics: Dice; normalised surface Dice (NSD) at the tolerance; HD95 in mm; volume error in ml. "
+              "Both masks empty: Dice = NSD = 1, HD95 = 0. One empty: Dice = NSD = 0, HD95 undefined (counted, "
+              "left out of its mean).", "", "Per-case values: metrics.csv", ""]
+    lines += [f"![{f}]({f})" for f in figures]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(header(task, args.fold, folders) + [""] + markdown_table(summaries, missing, lacking,
+                                                                               args.tolerance_mm)))
+    print(f"report written to {out / 'report.md'}")
+
+
+if __name__ == "__main__":
+    main_guard(main)

@@ -1,0 +1,94 @@
+"""Grad-CAM attention maps (make gradcam) on the tiny trained models."""
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy.ndimage import binary_dilation
+
+from conftest import FOLD, MOE_TRAINER, PLANS
+
+
+def lesion_cases(workflow, n=1):
+    """Labelled training cases that have lesions: (CT, mask) pairs from the download."""
+    train = workflow.root / "download" / "Train"
+    cases = [p for p in sorted(train.glob("*_seg.nii.gz")) if sitk.GetArrayFromImage(sitk.ReadImage(str(p))).any()]
+    return [(p.with_name(p.name.replace("_seg", "_ct")), p) for p in cases[:n]]
+
+
+def geometry(image):
+    return image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection()
+
+
+@pytest.fixture(scope="module", params=["fullres", "moe"])
+def gradcam_run(request, moe_workflow, tmp_path_factory):
+    inputs = tmp_path_factory.mktemp("gradcam_in")
+    cases = lesion_cases(moe_workflow)
+    for ct, _ in cases:
+        (inputs / ct.name).symlink_to(ct)
+    out = tmp_path_factory.mktemp("gradcam_out")
+    result = moe_workflow.script("gradcam.py", "--input", str(inputs), "--output", str(out), "--model", request.param,
+                                 "--disable-tta", *moe_workflow.workflow_args())
+    return out, cases, result.stdout
+
+
+def test_maps_have_the_input_geometry_and_values_in_0_1(gradcam_run):
+    out, cases, stdout = gradcam_run
+    for ct, _ in cases:
+        case = ct.name[:-len(".nii.gz")]
+        attention = sitk.ReadImage(str(out / f"{case}_attention.nii.gz"))
+        assert geometry(attention) == geometry(sitk.ReadImage(str(ct)))
+        assert geometry(sitk.ReadImage(str(out / f"{case}_segmentation.nii.gz"))) == geometry(attention)
+        values = sitk.GetArrayFromImage(attention)
+        assert np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1
+        assert values.std() > 0
+        assert (out / f"{case}_overlay.png").stat().st_size > 10000
+        assert f"{case}: max attention" in stdout and "inside the predicted lesion" in stdout
+
+
+def test_attention_is_higher_inside_lesions_than_far_from_them(gradcam_run):
+    out, cases, _ = gradcam_run
+    for ct, seg in cases:
+        case = ct.name[:-len(".nii.gz")]
+        attention = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{case}_attention.nii.gz")))
+        lesion = sitk.GetArrayFromImage(sitk.ReadImage(str(seg))) > 0
+        far = ~binary_dilation(lesion, iterations=6)
+        assert attention[lesion].mean() > attention[far].mean()
+
+
+def test_gradcam_leaves_normal_prediction_untouched(moe_workflow):
+    from nnunet.inference.attention_maps import load_trainer, predict_attention, predict_softmax
+    trainer = load_trainer(str(moe_workflow.model("3d_fullres", MOE_TRAINER).parent), FOLD)
+    ct, _ = lesion_cases(moe_workflow)[0]
+    data, _, _ = trainer.preprocess_patient([str(ct)])
+    before = predict_softmax(trainer, data, do_mirroring=False)
+    for backend in ("gcam", "gcampp"):
+        attention = predict_attention(trainer, data, "conv_blocks_context.1", backend, do_mirroring=False)
+        assert attention.shape == (1,) + before.shape[1:] and attention.std() > 0
+    after = predict_softmax(trainer, data, do_mirroring=False)
+    assert np.array_equal(before, after)
+    assert not any(m._forward_hooks or m._backward_hooks for m in trainer.network.modules())
+
+
+def test_unknown_layer_lists_the_valid_names(moe_workflow, tmp_path):
+    ct, _ = lesion_cases(moe_workflow)[0]
+    result = moe_workflow.script("gradcam.py", "--input", str(ct), "--output", str(tmp_path), "--layer", "nope",
+                                 *moe_workflow.workflow_args(), expect_ok=False)
+    assert result.returncode == 1
+    assert "unknown or unusable Grad-CAM layer 'nope'; valid layers: conv_blocks_context.0" in result.stderr
+    assert "conv_blocks_localization" not in result.stderr  # runs once per chosen expert in the MoE
+
+
+def test_gradcam_errors_name_the_problem(moe_workflow, tmp_path):
+    ct, _ = lesion_cases(moe_workflow)[0]
+    result = moe_workflow.script("gradcam.py", "--input", str(ct), "--output", str(tmp_path), "--fold", "0",
+                                 "--task", "200", "--plans", PLANS, expect_ok=False)
+    assert result.returncode == 1 and "run 'make semi' first" in result.stderr
+    flat = tmp_path / "flat.nii.gz"
+    sitk.WriteImage(sitk.ReadImage(str(ct))[:, :, 0], str(flat))
+    result = moe_workflow.script("gradcam.py", "--input", str(flat), "--output", str(tmp_path / "o"),
+                                 *moe_workflow.workflow_args(), expect_ok=False)
+    assert result.returncode == 1 and "not a 3D" in result.stderr
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = moe_workflow.script("gradcam.py", "--input", str(ct), "--output", str(blocker / "sub"),
+                                 *moe_workflow.workflow_args(), expect_ok=False)
+    assert result.returncode == 1 and "not writable" in result.stderr

@@ -1,0 +1,105 @@
+"""nnUNetTrainerV2_moe in-process on the tiny preprocessed task: iterations, gate, experts, resume, empty pool."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import FOLD, PLANS
+
+MOE = dict(num_experts=3, top_k=2, lambda_max=0.3, warmup_epochs=0, rampup_epochs=1, balance_alpha=0.01)
+
+
+def make_trainer(workflow, output, dataset_directory=None, **overrides):
+    from nnunet.training.network_training.nnUNetTrainerV2_moe import nnUNetTrainerV2_moe
+    trainer = nnUNetTrainerV2_moe(str(workflow.preprocessed_task / f"{PLANS}_plans_3D.pkl"), FOLD,
+                                  output_folder=str(output),
+                                  dataset_directory=str(dataset_directory or workflow.preprocessed_task),
+                                  batch_dice=True, stage=1, unpack_data=True, deterministic=False, fp16=True,
+                                  moe_settings={**MOE, **overrides})
+    trainer.max_num_epochs, trainer.num_batches_per_epoch, trainer.num_val_batches_per_epoch = 1, 2, 1
+    return trainer
+
+
+def shut_down(trainer):
+    for generator in (trainer.tr_gen, trainer.val_gen, trainer.unlabeled_gen):
+        if generator is not None and hasattr(generator, "_finish"):
+            generator._finish()
+
+
+@pytest.fixture
+def trainer(workflow, tmp_path):
+    trainer = make_trainer(workflow, tmp_path)
+    trainer.initialize(True)
+    yield trainer
+    shut_down(trainer)
+
+
+def test_lookup_finds_the_trainer_like_nnunet_train_does():
+    import nnunet
+    from nnunet.training.model_restore import recursive_find_python_class
+    found = recursive_find_python_class([nnunet.__path__[0] + "/training/network_training"], "nnUNetTrainerV2_moe",
+                                        current_module="nnunet.training.network_training")
+    assert found is not None and found.__name__ == "nnUNetTrainerV2_moe"
+
+
+def test_cpu_training_runs_in_fp32(trainer):
+    assert trainer.fp16 is False and trainer.amp_grad_scaler is None
+
+
+def test_iterations_use_unlabelled_batches_update_the_gate_and_let_identical_experts_diverge(trainer):
+    torch.manual_seed(0)
+    experts = trainer.network.experts
+    with torch.no_grad():
+        for expert in experts[1:]:
+            expert.load_state_dict(experts[0].state_dict())  # identical start, as after a plain copy
+    gate_before = trainer.network.gate.w_gate.weight.detach().clone()
+    trainer.epoch = 3
+    assert trainer.consistency_lambda() == pytest.approx(0.3)
+    losses = [trainer.run_iteration(trainer.tr_gen, do_backprop=True) for _ in range(3)]
+    assert all(np.isfinite(loss) for loss in losses)
+    assert all(s["consistency"] > 0 for s in trainer._epoch_stats)  # the unlabelled batch was used
+    assert not torch.equal(gate_before, trainer.network.gate.w_gate.weight)
+    params = [torch.cat([p.flatten() for p in e.parameters()]) for e in experts]
+    assert not torch.equal(params[0], params[1]) and not torch.equal(params[1], params[2])
+
+
+def test_validation_iteration_does_not_touch_the_weights(trainer):
+    trainer.network.eval()
+    before = {k: v.clone() for k, v in trainer.network.state_dict().items()}
+    loss = trainer.run_iteration(trainer.val_gen, do_backprop=False, run_online_evaluation=True)
+    assert np.isfinite(loss)
+    assert all(torch.equal(before[k], v) for k, v in trainer.network.state_dict().items())
+
+
+def test_resume_continues_the_epoch_count_and_the_moe_log(workflow, tmp_path):
+    first = make_trainer(workflow, tmp_path)
+    first.initialize(True)
+    first.run_training()
+    shut_down(first)
+    assert (tmp_path / "model_final_checkpoint.model").is_file()
+    assert (tmp_path / "moe_progress.png").stat().st_size > 0
+    saved = torch.load(tmp_path / "model_final_checkpoint.model", map_location="cpu", weights_only=False)
+    assert any(k.startswith("gate.") for k in saved["state_dict"])  # the checkpoint carries the gate
+
+    second = make_trainer(workflow, tmp_path)
+    second.max_num_epochs = 2
+    second.initialize(True)
+    second.load_latest_checkpoint()
+    assert second.epoch == 1
+    second.run_training()
+    shut_down(second)
+    assert second.epoch == 2
+    log = json.loads((tmp_path / "moe_log.json").read_text())
+    assert [e["epoch"] for e in log] == [0, 1]
+    assert all(len(e["usage"]) == 3 and sum(e["usage"]) == pytest.approx(1, abs=1e-3) for e in log)
+
+
+def test_an_empty_unlabelled_pool_stops_training_with_instructions(workflow, tmp_path):
+    copy = tmp_path / "preprocessed"
+    shutil.copytree(workflow.preprocessed_task, copy, ignore=shutil.ignore_patterns("unlabeled"))
+    trainer = make_trainer(workflow, tmp_path / "out", dataset_directory=copy)
+    with pytest.raises(RuntimeError, match="unlabelled pool is empty.*LABELED_FRACTION.*EXTRA_UNLABELED"):
+        trainer.initialize(True)
+    shut_down(trainer)

@@ -1,0 +1,66 @@
+"""make report on the tiny workflow: files, tables, missing models and models lacking cases."""
+import csv
+import shutil
+
+import pytest
+
+from conftest import MOE_TRAINER, run_env, run_script
+
+
+@pytest.fixture(scope="module")
+def report(moe_workflow, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    result = moe_workflow.script("report.py", *moe_workflow.workflow_args(), "--moe-trainer", MOE_TRAINER,
+                                 "--output", str(out))
+    return out, result.stdout
+
+
+def test_report_files(report):
+    out, _ = report
+    for name in ("report.md", "metrics.csv", "dice_boxplot.png", "paired_dice.png", "moe_training.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert len(list(out.glob("overlay_*.png"))) >= 1
+
+
+def test_markdown_has_header_and_a_row_per_model(report):
+    out, stdout = report
+    text = (out / "report.md").read_text()
+    assert "labelled fraction: 0.6" in text and "labelled cases: 6; unlabelled cases: 4" in text
+    assert "training of moe: 2 epochs x 3 iterations" in text
+    for model in ("lowres", "fullres", "ensemble", "moe"):
+        assert f"| {model} |" in text and f"| {model} |" in stdout
+    assert "![paired_dice.png](paired_dice.png)" in text
+
+
+def test_csv_has_every_case_of_every_model(report, moe_workflow):
+    out, _ = report
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    validated = sorted(p.name[:-7] for p in (moe_workflow.model("3d_fullres") / "validation_raw").glob("*.nii.gz"))
+    for model in ("lowres", "fullres", "ensemble", "moe"):
+        assert sorted(r["case"] for r in rows if r["model"] == model and r["case"] != "mean") == validated
+        assert 0 <= float(next(r for r in rows if r["model"] == model and r["case"] == "mean")["dice"]) <= 1
+
+
+def test_missing_model_and_lacking_cases_are_reported(moe_workflow, tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(moe_workflow.root / "results", results)
+    lowres = next(results.rglob("3d_lowres/*/*/fold_4/validation_raw"))
+    for p in list(lowres.glob("*.nii.gz"))[:1]:
+        p.unlink()
+    for moe in results.rglob(f"{MOE_TRAINER}__*"):
+        shutil.rmtree(moe)
+    env = dict(moe_workflow.env, RESULTS_FOLDER=str(results))
+
+    out = run_script("report.py", *moe_workflow.workflow_args(), "--output", str(tmp_path / "r"), env=env).stdout
+    assert "moe: missing" in out
+    assert "lowres: lacks 1 case(s)" in out
+
+
+def test_report_without_any_model_names_the_target(tmp_path):
+    (tmp_path / "raw" / "nnUNet_raw_data" / "Task200_X").mkdir(parents=True)
+    (tmp_path / "pre" / "Task200_X" / "gt_segmentations").mkdir(parents=True)
+    env = run_env(nnUNet_raw_data_base=tmp_path / "raw", nnUNet_preprocessed=tmp_path / "pre",
+                  RESULTS_FOLDER=tmp_path / "res")
+
+    result = run_script("report.py", "--task", "200", "--output", str(tmp_path / "r"), env=env, expect_ok=False)
+    assert result.returncode == 1 and "run 'make baseline'" in result.stderr

@@ -1,0 +1,90 @@
+"""make weights / semi / predict through their scripts and nnU-Net's CLI, on the tiny trained baseline."""
+import subprocess
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import FOLD, MOE_TRAINER, PLANS, TASK
+
+
+def geometry(path):
+    image = sitk.ReadImage(str(path))
+    return image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection()
+
+
+def test_weights_reports_the_copy_and_the_forced_expert_equality(moe_workflow):
+    out = moe_workflow.outputs["weights"]
+    copied, total = [int(w) for w in out.split("copied ")[1].split(" MoE tensors")[0].split(" of ")]
+    assert copied == total - 2  # the gate's two linear layers stay fresh
+    lines = [l for l in out.splitlines() if l.startswith("gate forced to expert")]
+    assert len(lines) == 3
+    assert float(lines[0].split("= ")[1]) == 0.0
+    assert all(float(l.split("= ")[1]) < 0.05 for l in lines)
+
+
+def test_weights_again_keeps_the_existing_file(moe_workflow):
+    out = moe_workflow.script("moe_weights.py", *moe_workflow.workflow_args()).stdout
+    assert "exists; keeping it" in out
+
+
+def test_semi_trains_from_the_baseline_and_validates(moe_workflow):
+    folder = moe_workflow.model("3d_fullres", MOE_TRAINER)
+    assert "Loaded pretrained weights" in moe_workflow.outputs["semi"]
+    saved = torch.load(folder / "model_final_checkpoint.model", map_location="cpu", weights_only=False)
+    assert saved["epoch"] == 2
+    assert (folder / "moe_progress.png").is_file() and (folder / "progress.png").is_file()
+    assert len(list((folder / "validation_raw").glob("*.npz"))) >= 1
+    table = moe_workflow.outputs["semi"].split("Validation Dice")[1]
+    assert "fullres" in table and "moe" in table
+
+
+def test_nnunet_predict_with_the_moe_trainer_keeps_the_geometry(moe_workflow, tmp_path):
+    images = moe_workflow.raw_task / "imagesVal"
+    result = subprocess.run(["nnUNet_predict", "-i", str(images), "-o", str(tmp_path), "-t", str(TASK), "-m",
+                             "3d_fullres", "-p", PLANS, "-tr", MOE_TRAINER, "-f", str(FOLD), "--disable_tta"],
+                            env=moe_workflow.env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for image in images.glob("*_0000.nii.gz"):
+        assert geometry(tmp_path / image.name.replace("_0000", "")) == geometry(image)
+
+
+@pytest.mark.parametrize("model", ["moe", "ensemble"])
+def test_make_predict_segments_a_folder_with_any_file_names(moe_workflow, tmp_path, model):
+    download = moe_workflow.root / "download" / "Validation"
+    out = tmp_path / "segmentations"
+    moe_workflow.script("predict.py", "--input", str(download), "--output", str(out), "--model", model,
+                        "--disable-tta", *moe_workflow.workflow_args())
+    for ct in download.glob("*_ct.nii.gz"):
+        segmentation = out / ct.name
+        assert geometry(segmentation) == geometry(ct)
+        assert set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(segmentation))))) <= {0, 1}
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in download.glob("*_ct.nii.gz"))
+
+
+def test_make_predict_refuses_to_overwrite_and_names_bad_input(moe_workflow, tmp_path):
+    ct = next((moe_workflow.root / "download" / "Validation").glob("*_ct.nii.gz"))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ct.name).write_text("my earlier result")
+    result = moe_workflow.script("predict.py", "--input", str(ct), "--output", str(out), "--disable-tta",
+                                 *moe_workflow.workflow_args(), expect_ok=False)
+    assert result.returncode == 1 and "FORCE=1" in result.stderr
+    assert (out / ct.name).read_text() == "my earlier result"
+
+    flat = tmp_path / "flat.nii.gz"
+    sitk.WriteImage(sitk.ReadImage(str(ct))[:, :, 0], str(flat))
+    result = moe_workflow.script("predict.py", "--input", str(flat), "--output", str(tmp_path / "o2"),
+                                 *moe_workflow.workflow_args(), expect_ok=False)
+    assert result.returncode == 1 and "flat.nii.gz: not a 3D" in result.stderr
+
+
+def test_missing_prerequisites_name_the_target_to_run(workflow, tmp_path):
+    result = workflow.script("predict.py", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--model",
+                             "moe", "--task", str(TASK), "--fold", "0", "--plans", PLANS, expect_ok=False)
+    assert result.returncode == 1 and "run 'make semi' first" in result.stderr
+    result = workflow.script("moe_weights.py", "--task", str(TASK), "--fold", "0", "--plans", PLANS, expect_ok=False)
+    assert result.returncode == 1 and "run 'make baseline' first" in result.stderr
+    result = workflow.script("semi.py", "--task", str(TASK), "--fold", "0", "--plans", PLANS, expect_ok=False)
+    assert result.returncode == 1 and "run 'make weights' first" in result.stderr
