@@ -59,13 +59,13 @@ def main() -> None:
     parser.add_argument("--plans", default="nnUNetPlansv2.1")
     parser.add_argument("--trainer", default="nnUNetTrainerV2")
     parser.add_argument("--moe-trainer", default="nnUNetTrainerV2_moe")
-    parser.add_argument("--layer", default=None, help="network layer (default: see attention_maps.default_layer)")
+    parser.add_argument("--layer", default=None, help="network layer (default: attention_maps.DEFAULT_LAYER)")
     parser.add_argument("--backend", default="gcam", help="gcam (Grad-CAM) or gcampp (Grad-CAM++)")
     parser.add_argument("--disable-tta", action="store_true", help="no mirroring (8x faster in 3D)")
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args()
 
-    from nnunet.inference.attention_maps import (BACKENDS, check_layer, default_layer, load_trainer,
+    from nnunet.inference.attention_maps import (BACKENDS, DEFAULT_LAYER, check_layer, load_trainer,
                                                  predict_attention, predict_softmax, to_original_grid,
                                                  write_like_input)
     from nnunet.inference.segmentation_export import save_segmentation_nifti_from_softmax
@@ -86,7 +86,7 @@ def main() -> None:
     ensure_writable(args.output)
 
     trainer = load_trainer(str(folder.parent), args.fold)
-    layer = args.layer or default_layer(trainer.network)
+    layer = args.layer or DEFAULT_LAYER
     try:
         check_layer(trainer.network, layer, trainer.patch_size)
     except ValueError as e:

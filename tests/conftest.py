@@ -21,7 +21,7 @@ TINY = PhantomSettings(xy_range=(56, 64), z_range=(18, 22), spacing_xy_range=(4.
 WORKFLOW_PHANTOMS = PhantomSettings(xy_range=(100, 108), z_range=(32, 36), spacing_xy_range=(2.9, 3.1))
 TASK, FOLD, PLANS, TRAINER, MOE_TRAINER = 200, 4, "nnUNetPlans_CPUDemo", "nnUNetTrainerV2", "nnUNetTrainerV2_moe"
 TASK_NAME = "Task200_COVID_19_20"
-FULLRES_EPOCHS = 10
+FULLRES_EPOCHS = 24
 
 
 @pytest.fixture(scope="session")
@@ -91,7 +91,7 @@ class Workflow:
 @pytest.fixture(scope="session")
 def workflow(tmp_path_factory) -> Workflow:
     """synthetic download -> convert (60% labelled) -> preprocess (CPU demo planner, unlabelled pool too)
-    -> baseline: 3d_fullres trained for 10 epochs of 25 iterations, 3d_lowres for 2 of 3, ensembled."""
+    -> baseline: 3d_fullres trained for 24 epochs of 25 iterations, 3d_lowres for 2 of 3, ensembled."""
     flow = Workflow(tmp_path_factory.mktemp("workflow"))
     write_download(flow.root / "download", n_train=10, n_validation=2, seed=5, settings=WORKFLOW_PHANTOMS)
     flow.outputs["convert"] = flow.script("COVID_19_20.py", str(flow.root / "download"), "--output-base",

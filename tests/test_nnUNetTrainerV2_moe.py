@@ -1,6 +1,7 @@
 """nnUNetTrainerV2_moe in-process on the tiny preprocessed task: iterations, gate, experts, resume, empty pool."""
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,9 +79,10 @@ def test_resume_continues_the_epoch_count_and_the_moe_log(workflow, tmp_path):
     first.initialize(True)
     first.run_training()
     shut_down(first)
-    assert (tmp_path / "model_final_checkpoint.model").is_file()
-    assert (tmp_path / "moe_progress.png").stat().st_size > 0
-    saved = torch.load(tmp_path / "model_final_checkpoint.model", map_location="cpu", weights_only=False)
+    folder = Path(first.output_folder)  # nnU-Net adds fold_<F>
+    assert (folder / "model_final_checkpoint.model").is_file()
+    assert (folder / "moe_progress.png").stat().st_size > 0
+    saved = torch.load(folder / "model_final_checkpoint.model", map_location="cpu", weights_only=False)
     assert any(k.startswith("gate.") for k in saved["state_dict"])  # the checkpoint carries the gate
 
     second = make_trainer(workflow, tmp_path)
@@ -91,7 +93,7 @@ def test_resume_continues_the_epoch_count_and_the_moe_log(workflow, tmp_path):
     second.run_training()
     shut_down(second)
     assert second.epoch == 2
-    log = json.loads((tmp_path / "moe_log.json").read_text())
+    log = json.loads((folder / "moe_log.json").read_text())
     assert [e["epoch"] for e in log] == [0, 1]
     assert all(len(e["usage"]) == 3 and sum(e["usage"]) == pytest.approx(1, abs=1e-3) for e in log)
 

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from conftest import MOE_TRAINER, run_env, run_script
+from conftest import MOE_TRAINER, TASK_NAME, run_env, run_script
 
 
 @pytest.fixture(scope="module")
@@ -42,18 +42,21 @@ def test_csv_has_every_case_of_every_model(report, moe_workflow):
 
 
 def test_missing_model_and_lacking_cases_are_reported(moe_workflow, tmp_path):
-    results = tmp_path / "results"
+    """A copy of the results without the MoE, and with one more validated case for 3d_fullres only."""
+    results, references = tmp_path / "results", tmp_path / "preprocessed" / TASK_NAME / "gt_segmentations"
     shutil.copytree(moe_workflow.root / "results", results)
-    lowres = next(results.rglob("3d_lowres/*/*/fold_4/validation_raw"))
-    for p in list(lowres.glob("*.nii.gz"))[:1]:
-        p.unlink()
+    shutil.copytree(moe_workflow.preprocessed_task / "gt_segmentations", references)
     for moe in results.rglob(f"{MOE_TRAINER}__*"):
         shutil.rmtree(moe)
-    env = dict(moe_workflow.env, RESULTS_FOLDER=str(results))
-
+    fullres = next(results.rglob("3d_fullres/*/nnUNetTrainerV2__*/fold_4/validation_raw"))
+    case = next(fullres.glob("*.nii.gz"))
+    shutil.copy(case, fullres / "extra_case.nii.gz")
+    shutil.copy(references / case.name, references / "extra_case.nii.gz")
+    env = dict(moe_workflow.env, RESULTS_FOLDER=str(results), nnUNet_preprocessed=str(tmp_path / "preprocessed"))
     out = run_script("report.py", *moe_workflow.workflow_args(), "--output", str(tmp_path / "r"), env=env).stdout
     assert "moe: missing" in out
-    assert "lowres: lacks 1 case(s)" in out
+    assert "lowres: lacks 1 case(s) the others have: extra_case" in out
+    assert "ensemble: lacks 1 case(s)" in out and "fullres: lacks" not in out
 
 
 def test_report_without_any_model_names_the_target(tmp_path):

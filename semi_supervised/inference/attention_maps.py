@@ -13,8 +13,9 @@ the maps are computed; the trainer gets its own network back afterwards.
 Layers: a Grad-CAM layer must run exactly once per forward pass (medcam keeps the last activation of a
 layer). In the MoE, the decoder's convolution blocks run once per chosen expert, so only encoder blocks
 (`conv_blocks_context.N`) are valid for both networks; for the MoE they explain the gate-weighted output.
-See `default_layer` for the default and why.
+See DEFAULT_LAYER for the default and why.
 """
+import copy
 import os
 from typing import Dict, List, Tuple
 
@@ -29,19 +30,17 @@ BACKENDS = ("gcam", "gcampp")
 LESION_LABEL = 1
 
 
-def default_layer(network) -> str:
-    """The second encoder block, `conv_blocks_context.1`.
-
-    It runs once per forward pass in both Generic_UNet and Generic_UNet_MoE, sits at half the in-plane
-    resolution (fine enough to outline lesions), and its gradient comes through the whole decoder (for the
-    MoE: through every chosen expert, so the map explains the gate-weighted output). On the CPU demo's
-    model the mean attention inside the lesions was about 5x that far from them at this layer, against 3x
-    at the first block and less than 1x at the deeper ones.
-    """
-    return "conv_blocks_context.1"
+# The default Grad-CAM layer: the second encoder block. It runs once per forward pass in both Generic_UNet
+# and Generic_UNet_MoE, sits at half the in-plane resolution (fine enough to outline lesions), and its
+# gradient comes through the whole decoder (for the MoE: through every chosen expert, so the map explains
+# the gate-weighted output). On the CPU demo's model the mean attention inside the lesions was about 5x
+# that far from them at this layer, against 3x at the first block and below 1x at the deeper ones.
+DEFAULT_LAYER = "conv_blocks_context.1"
 
 
 def load_trainer(model_folder: str, fold, checkpoint: str = "model_final_checkpoint"):
+    """The trainer of `model_folder` (<trainer>__<plans>) with the network of one fold loaded, in eval mode."""
+    fold = fold if fold == "all" else int(fold)
     trainer, params = load_model_and_checkpoint_files(model_folder, folds=[fold], mixed_precision=False,
                                                       checkpoint_name=checkpoint)
     trainer.load_checkpoint_ram(params[0], False)
@@ -79,12 +78,24 @@ def check_layer(network, layer: str, patch_size) -> None:
         raise ValueError(f"unknown or unusable Grad-CAM layer '{layer}'; valid layers: {', '.join(valid)}")
 
 
+def lesion_logit_network(network):
+    """Shallow copy of `network` (same modules and weights) whose forward returns only the lesion logit.
+
+    medcam 0.1.22's Grad-CAM++ weighs gradients with the masked logits and fails when the output has more
+    channels than one; with a single output channel both backends work, and Grad-CAM backpropagates
+    exactly what label=1 on the full output would (the lesion logits).
+    """
+    single = copy.copy(network)
+    single.forward = lambda x: network.forward(x)[:, LESION_LABEL:LESION_LABEL + 1]
+    return single
+
+
 def attention_network(network, layer: str, backend: str):
     """medcam-injected shallow copy of `network` whose forward returns the lesion attention map."""
     from medcam import medcam
     if backend not in BACKENDS:
         raise ValueError(f"unknown Grad-CAM backend '{backend}'; choose one of {', '.join(BACKENDS)}")
-    injected = medcam.inject(network, backend=backend, layer=layer, label=LESION_LABEL, replace=True)
+    injected = medcam.inject(lesion_logit_network(network), backend=backend, layer=layer, label=0, replace=True)
     injected.inference_apply_nonlin = lambda x: x  # nnU-Net would softmax the 1-channel map otherwise
     return injected
 
@@ -99,12 +110,13 @@ def predict_softmax(trainer, data: np.ndarray, do_mirroring: bool) -> np.ndarray
 
 def predict_attention(trainer, data: np.ndarray, layer: str, backend: str, do_mirroring: bool) -> np.ndarray:
     """The stitched attention map (1, ...) of preprocessed data, in the original axis order."""
-    network = trainer.network
+    network, do_ds = trainer.network, trainer.network.do_ds
+    network.do_ds = False  # the copies call this network's forward: full-resolution output only
     trainer.network = attention_network(network, layer, backend)
     try:
         stitched = predict_softmax(trainer, data, do_mirroring)
     finally:
-        trainer.network = network
+        trainer.network, network.do_ds = network, do_ds
     return stitched[:1]
 
 

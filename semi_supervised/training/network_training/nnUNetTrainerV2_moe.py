@@ -116,6 +116,7 @@ class nnUNetTrainerV2_moe(nnUNetTrainerV2):
 
     def initialize(self, training=True, force_load_plans=False):
         super().initialize(training, force_load_plans)
+        self._maybe_init_amp()  # fp16 is settled now (off without CUDA), not only once run_training starts
         if training:
             self.unlabeled_gen = self.get_unlabeled_generator()
 
