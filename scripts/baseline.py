@@ -13,7 +13,8 @@ from pathlib import Path
 
 from nnunet_runs import print_and_save_dice_table, train_or_resume
 from segmentation_metrics import dice_per_case
-from workspace import WorkflowError, configurations, ensemble_dir, ground_truth_dir, load_plans, main_guard, run, task_name
+from workspace import (WorkflowError, add_model_arguments, configurations, ensemble_dir, ground_truth_dir, load_plans,
+                       main_guard, run, task_name)
 
 
 def ensemble(fullres: Path, lowres: Path, output: Path) -> None:
@@ -23,10 +24,7 @@ def ensemble(fullres: Path, lowres: Path, output: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", type=int, required=True)
-    parser.add_argument("--fold", default="4")
-    parser.add_argument("--plans", default="nnUNetPlansv2.1")
-    parser.add_argument("--trainer", default="nnUNetTrainerV2")
+    add_model_arguments(parser, moe=False)
     parser.add_argument("--force", action="store_true", help="retrain configurations that are already trained")
     args = parser.parse_args()
 

@@ -20,7 +20,7 @@ import SimpleITK as sitk  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from ct_inputs import collect_inputs, ensure_writable, refuse_overwrite  # noqa: E402
-from workspace import WorkflowError, main_guard, model_dir, task_name  # noqa: E402
+from workspace import WorkflowError, add_model_arguments, main_guard, model_dir, task_name  # noqa: E402
 
 LUNG_WINDOW = (-1350, 150)  # HU: level -600, width 1500
 OUTPUT_SUFFIXES = ("_attention.nii.gz", "_segmentation.nii.gz", "_overlay.png")
@@ -54,11 +54,7 @@ def main() -> None:
     parser.add_argument("--input", type=Path, required=True)
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--model", choices=("moe", "fullres"), default="moe")
-    parser.add_argument("--task", type=int, required=True)
-    parser.add_argument("--fold", default="4")
-    parser.add_argument("--plans", default="nnUNetPlansv2.1")
-    parser.add_argument("--trainer", default="nnUNetTrainerV2")
-    parser.add_argument("--moe-trainer", default="nnUNetTrainerV2_moe")
+    add_model_arguments(parser)
     parser.add_argument("--layer", default=None, help="network layer (default: attention_maps.DEFAULT_LAYER)")
     parser.add_argument("--backend", default="gcam", help="gcam (Grad-CAM) or gcampp (Grad-CAM++)")
     parser.add_argument("--disable-tta", action="store_true", help="no mirroring (8x faster in 3D)")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from workspace import WorkflowError, main_guard, model_dir, task_name
+from workspace import WorkflowError, add_model_arguments, main_guard, model_dir, task_name
 
 # experts 1..E-1 are perturbed by 0.1% (see moe_weight_transfer); their softmax outputs move by far less than this
 TOLERANCE = 0.05
@@ -22,11 +22,7 @@ def moe_init_file(task: str, moe_trainer: str, plans: str, fold) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", type=int, required=True)
-    parser.add_argument("--fold", default="4")
-    parser.add_argument("--plans", default="nnUNetPlansv2.1")
-    parser.add_argument("--trainer", default="nnUNetTrainerV2", help="the baseline's trainer")
-    parser.add_argument("--moe-trainer", default="nnUNetTrainerV2_moe")
+    add_model_arguments(parser)
     parser.add_argument("--perturbation", type=float, default=float(os.environ.get("MOE_TRANSFER_NOISE") or 1e-3))
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args()

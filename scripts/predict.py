@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import List
 
 from ct_inputs import collect_inputs, ensure_writable, refuse_overwrite
-from workspace import WorkflowError, main_guard, model_dir, run, task_name
+from workspace import WorkflowError, add_model_arguments, main_guard, model_dir, run, task_name
 
 MODELS = {"moe": [("3d_fullres", "moe")], "fullres": [("3d_fullres", "baseline")],
           "lowres": [("3d_lowres", "baseline")], "ensemble": [("3d_fullres", "baseline"), ("3d_lowres", "baseline")]}
@@ -47,11 +47,7 @@ def main() -> None:
     parser.add_argument("--input", type=Path, required=True)
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--model", choices=sorted(MODELS), default="moe")
-    parser.add_argument("--task", type=int, required=True)
-    parser.add_argument("--fold", default="4")
-    parser.add_argument("--plans", default="nnUNetPlansv2.1")
-    parser.add_argument("--trainer", default="nnUNetTrainerV2")
-    parser.add_argument("--moe-trainer", default="nnUNetTrainerV2_moe")
+    add_model_arguments(parser)
     parser.add_argument("--disable-tta", action="store_true", help="no mirroring at test time (8x faster in 3D)")
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args()

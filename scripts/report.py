@@ -30,8 +30,8 @@ import SimpleITK as sitk  # noqa: E402
 import torch  # noqa: E402
 
 from segmentation_metrics import CaseMetrics, metrics_per_case  # noqa: E402
-from workspace import (WorkflowError, ensemble_dir, ground_truth_dir, main_guard, model_dir, raw_data_dir,  # noqa: E402
-                       task_name)
+from workspace import (WorkflowError, add_model_arguments, ensemble_dir, ground_truth_dir, main_guard,  # noqa: E402
+                       model_dir, raw_data_dir, task_name)
 
 LUNG_WINDOW = (-1350, 150)  # HU: level -600, width 1500
 
@@ -195,11 +195,7 @@ def plot_overlay(case: str, ct_path: Path, reference: Path, baseline: Path, moe:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", type=int, required=True)
-    parser.add_argument("--fold", default="4")
-    parser.add_argument("--plans", default="nnUNetPlansv2.1")
-    parser.add_argument("--trainer", default="nnUNetTrainerV2")
-    parser.add_argument("--moe-trainer", default="nnUNetTrainerV2_moe")
+    add_model_arguments(parser)
     parser.add_argument("--output", type=Path, default=Path("report"))
     parser.add_argument("--tolerance-mm", type=float, default=1.0, help="NSD tolerance")
     parser.add_argument("--overlays", type=int, default=3, help="overlay images of the most different cases")

@@ -10,16 +10,12 @@ import argparse
 from moe_weights import moe_init_file
 from nnunet_runs import print_and_save_dice_table, train_or_resume
 from segmentation_metrics import dice_per_case
-from workspace import WorkflowError, ground_truth_dir, load_plans, main_guard, model_dir, task_name
+from workspace import WorkflowError, add_model_arguments, ground_truth_dir, load_plans, main_guard, model_dir, task_name
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", type=int, required=True)
-    parser.add_argument("--fold", default="4")
-    parser.add_argument("--plans", default="nnUNetPlansv2.1")
-    parser.add_argument("--trainer", default="nnUNetTrainerV2", help="the baseline's trainer")
-    parser.add_argument("--moe-trainer", default="nnUNetTrainerV2_moe")
+    add_model_arguments(parser)
     parser.add_argument("--force", action="store_true", help="retrain the MoE from its initialisation")
     args = parser.parse_args()
 

@@ -3,6 +3,7 @@
 The folders follow nnU-Net's own environment variables (nnUNet_raw_data_base, nnUNet_preprocessed,
 RESULTS_FOLDER), so everything made here is also found by the plain nnU-Net commands.
 """
+import argparse
 import os
 import pickle
 import shutil
@@ -87,6 +88,16 @@ def executable(name: str) -> str:
     if found is None:
         raise WorkflowError(f"'{name}' not found: run 'make setup' (it installs nnU-Net's commands)")
     return found
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, moe: bool = True) -> None:
+    """The arguments that name a task's models: --task, --fold, --plans, --trainer (and --moe-trainer)."""
+    parser.add_argument("--task", type=int, required=True, help="task id, e.g. 200")
+    parser.add_argument("--fold", default="4")
+    parser.add_argument("--plans", default="nnUNetPlansv2.1", help="plans identifier")
+    parser.add_argument("--trainer", default="nnUNetTrainerV2", help="the baseline's trainer")
+    if moe:
+        parser.add_argument("--moe-trainer", default="nnUNetTrainerV2_moe")
 
 
 def run(command: List[str]) -> None:
