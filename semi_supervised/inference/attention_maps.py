@@ -34,7 +34,9 @@ LESION_LABEL = 1
 # and Generic_UNet_MoE, sits at half the in-plane resolution (fine enough to outline lesions), and its
 # gradient comes through the whole decoder (for the MoE: through every chosen expert, so the map explains
 # the gate-weighted output). On the CPU demo's model the mean attention inside the lesions was about 5x
-# that far from them at this layer, against 3x at the first block and below 1x at the deeper ones.
+# that far from them at this layer, against 3x at the first block and below 1x at the deeper ones; on some
+# small test models no encoder block related clearly to the lesions, while the baseline's last decoder
+# block always did (that layer is not valid for the MoE: see the module docstring).
 DEFAULT_LAYER = "conv_blocks_context.1"
 
 
@@ -97,6 +99,10 @@ def attention_network(network, layer: str, backend: str):
         raise ValueError(f"unknown Grad-CAM backend '{backend}'; choose one of {', '.join(BACKENDS)}")
     injected = medcam.inject(lesion_logit_network(network), backend=backend, layer=layer, label=0, replace=True)
     injected.inference_apply_nonlin = lambda x: x  # nnU-Net would softmax the 1-channel map otherwise
+    # medcam min-max normalises every map it makes, here every sliding-window tile on its own, which would
+    # stretch a lesion-free tile to full brightness. Its backend instance of this copy (and only that
+    # instance) keeps the raw ReLU'd Grad-CAM values instead; predict_attention normalises the whole volume.
+    injected.medcam_dict['model_backend']._normalize_per_channel = lambda attention_map: attention_map
     return injected
 
 
@@ -109,7 +115,8 @@ def predict_softmax(trainer, data: np.ndarray, do_mirroring: bool) -> np.ndarray
 
 
 def predict_attention(trainer, data: np.ndarray, layer: str, backend: str, do_mirroring: bool) -> np.ndarray:
-    """The stitched attention map (1, ...) of preprocessed data, in the original axis order."""
+    """The stitched attention map (1, ...) of preprocessed data, in the original axis order, scaled to [0, 1]
+    by its maximum over the whole volume."""
     network, do_ds = trainer.network, trainer.network.do_ds
     network.do_ds = False  # the copies call this network's forward: full-resolution output only
     trainer.network = attention_network(network, layer, backend)
@@ -117,7 +124,8 @@ def predict_attention(trainer, data: np.ndarray, layer: str, backend: str, do_mi
         stitched = predict_softmax(trainer, data, do_mirroring)
     finally:
         trainer.network, network.do_ds = network, do_ds
-    return stitched[:1]
+    attention = np.maximum(stitched[:1], 0)
+    return attention / max(float(attention.max()), 1e-12)
 
 
 def to_original_grid(volume: np.ndarray, properties: dict, order: int = 1) -> np.ndarray:
