@@ -39,7 +39,7 @@ def plot_overlay(case: str, ct: np.ndarray, attention: np.ndarray, segmentation:
     fig, axes = plt.subplots(1, len(slices), figsize=(5.5 * len(slices), 5.8), squeeze=False)
     for ax, (what, z) in zip(axes[0], slices):
         ax.imshow(np.clip(ct[z], *LUNG_WINDOW), cmap="gray")
-        heat = ax.imshow(attention[z], cmap="jet", alpha=0.4, vmin=0, vmax=1)
+        heat = ax.imshow(np.ma.masked_less(attention[z], 0.05), cmap="jet", alpha=0.45, vmin=0, vmax=1)
         if segmentation[z].any():
             ax.contour(segmentation[z], levels=[0.5], colors="white", linewidths=1.2)
         ax.set_title(f"{case}\naxial slice {z} ({what})", fontsize=9)
