@@ -7,6 +7,8 @@ import SimpleITK as sitk
 
 from workspace import WorkflowError
 
+LUNG_WINDOW = (-1350, 150)  # HU shown in overlays: level -600, width 1500
+
 
 def case_id(path: Path) -> str:
     """'volume-covid19-A-0003_ct.nii.gz' -> 'volume-covid19-A-0003_ct'; nnU-Net's '_0000' suffix is dropped."""

@@ -19,10 +19,9 @@ import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from ct_inputs import collect_inputs, ensure_writable, refuse_overwrite  # noqa: E402
+from ct_inputs import LUNG_WINDOW, collect_inputs, ensure_writable, refuse_overwrite  # noqa: E402
 from workspace import WorkflowError, add_model_arguments, main_guard, model_dir, task_name  # noqa: E402
 
-LUNG_WINDOW = (-1350, 150)  # HU: level -600, width 1500
 OUTPUT_SUFFIXES = ("_attention.nii.gz", "_segmentation.nii.gz", "_overlay.png")
 
 

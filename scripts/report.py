@@ -29,11 +29,11 @@ import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 import torch  # noqa: E402
 
+from ct_inputs import LUNG_WINDOW  # noqa: E402
 from segmentation_metrics import CaseMetrics, metrics_per_case  # noqa: E402
 from workspace import (WorkflowError, add_model_arguments, ensemble_dir, ground_truth_dir, main_guard,  # noqa: E402
                        model_dir, raw_data_dir, task_name)
 
-LUNG_WINDOW = (-1350, 150)  # HU: level -600, width 1500
 
 
 def model_folders(task: str, trainer: str, moe_trainer: str, plans: str, fold) -> Dict[str, Dict]:

@@ -69,7 +69,7 @@ class MoESettings:
             raw = os.environ.get(cls.ENVIRONMENT[f.name], "")
             if raw != "":
                 try:
-                    values[f.name] = f.type(raw) if isinstance(f.type, type) else type(f.default)(raw)
+                    values[f.name] = type(f.default)(raw)
                 except ValueError:
                     raise ValueError(f"{cls.ENVIRONMENT[f.name]}={raw!r} is not a valid {type(f.default).__name__}")
         return cls(**values)
