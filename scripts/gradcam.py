@@ -9,6 +9,7 @@ and prints a summary line per case (max attention, share of the attention mass i
 See nnunet/inference/attention_maps.py (semi_supervised/inference/) for how the maps are made.
 """
 import argparse
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -23,6 +24,9 @@ from ct_inputs import LUNG_WINDOW, collect_inputs, ensure_writable, refuse_overw
 from workspace import WorkflowError, add_model_arguments, main_guard, model_dir, task_name  # noqa: E402
 
 OUTPUT_SUFFIXES = ("_attention.nii.gz", "_segmentation.nii.gz", "_overlay.png")
+EMPTY_MAP_HINT = ("Grad-CAM++ (gcampp) keeps positive gradients only, and the last decoder block feeds the lesion "
+                  "head linearly: if the head reads all its channels with negative weights, nothing is left. "
+                  "Use BACKEND=gcam or another LAYER.")
 
 
 def axial_slices(attention: np.ndarray, segmentation: np.ndarray):
@@ -54,13 +58,14 @@ def main() -> None:
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--model", choices=("moe", "fullres"), default="moe")
     add_model_arguments(parser)
-    parser.add_argument("--layer", default=None, help="network layer (default: attention_maps.DEFAULT_LAYER)")
+    parser.add_argument("--layer", default=None,
+                        help="network layer (default: the last decoder block, conv_blocks_localization.<N>)")
     parser.add_argument("--backend", default="gcam", help="gcam (Grad-CAM) or gcampp (Grad-CAM++)")
     parser.add_argument("--disable-tta", action="store_true", help="no mirroring (8x faster in 3D)")
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args()
 
-    from nnunet.inference.attention_maps import (BACKENDS, DEFAULT_LAYER, check_layer, load_trainer,
+    from nnunet.inference.attention_maps import (BACKENDS, check_layer, default_layer, load_trainer,
                                                  predict_attention, predict_softmax, to_original_grid,
                                                  write_like_input)
     from nnunet.inference.segmentation_export import save_segmentation_nifti_from_softmax
@@ -81,7 +86,7 @@ def main() -> None:
     ensure_writable(args.output)
 
     trainer = load_trainer(str(folder.parent), args.fold)
-    layer = args.layer or DEFAULT_LAYER
+    layer = args.layer or default_layer(trainer.network)
     try:
         check_layer(trainer.network, layer, trainer.patch_size)
     except ValueError as e:
@@ -101,6 +106,8 @@ def main() -> None:
         inside = float((attention * segmentation).sum() / max(attention.sum(), 1e-8))
         tqdm.write(f"{case}: max attention {attention.max():.3f}, attention mass inside the predicted lesion "
                    f"{100 * inside:.1f}% (lesion {int(segmentation.sum())} voxels)")
+        if not attention.any():
+            tqdm.write(f"WARNING: {case}: the attention map is zero everywhere. {EMPTY_MAP_HINT}", file=sys.stderr)
     print(f"attention maps, segmentations and overlays of {len(inputs)} case(s) in {args.output}")
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from moe_helpers import SHAPES, batch, tiny_moe
-from nnunet.network_architecture.generic_UNet_MoE import MoEOutput
+from nnunet.network_architecture.generic_UNet_MoE import MoEOutput, Routing
 
 DIMS = [2, 3]
 
@@ -79,7 +79,7 @@ def test_batched_routing_equals_a_per_sample_reference(dim):
             reference = 0
             for slot in range(2):
                 expert = int(out.gate.indices[b, slot])
-                expert_out = net.decode(net.experts[expert], bottleneck, skips)
+                expert_out = net.decode(expert, bottleneck, skips)
                 assert torch.allclose(out.slots[slot][0][b], expert_out[0][0], atol=1e-4)
                 reference = reference + out.gate.weights[b, slot] * expert_out[0][0]
             assert torch.allclose(out.combined[0][b], reference, atol=1e-4)
@@ -96,7 +96,7 @@ def test_inference_k_is_a_setting():
         for b in range(x.shape[0]):
             bottleneck, skips = net.encode(x[b:b + 1])
             net.do_ds = False
-            alone = net.decode(net.experts[int(chosen[b])], bottleneck, skips)[0][0]
+            alone = net.decode(int(chosen[b]), bottleneck, skips)[0][0]
             assert torch.allclose(out[b], alone, atol=1e-4)
 
 
@@ -113,3 +113,65 @@ def test_state_dict_names_follow_generic_unet():
     assert any(k.startswith("experts.1.tu.0.") for k in keys)
     assert any(k.startswith("experts.1.seg_outputs.2.") for k in keys)
     assert not any(k.startswith(("tu.", "seg_outputs.")) for k in keys)
+
+
+@pytest.mark.parametrize("dim", DIMS)
+@pytest.mark.parametrize("do_ds", [True, False], ids=["training-output", "inference-output"])
+def test_every_layer_runs_once_per_forward_pass(dim, do_ds):
+    """Grad-CAM hooks keep one activation per layer: the shared decoder blocks must run once, on all pairs."""
+    net = randomize_gate(tiny_moe(dim, num_experts=3, top_k=2)).eval()
+    net.do_ds = do_ds
+    calls = {}
+    for name, module in net.named_modules():
+        if name.startswith(("conv_blocks_context.", "conv_blocks_localization.")) and name.count(".") == 1:
+            module.register_forward_hook(lambda *_, name=name: calls.__setitem__(name, calls.get(name, 0) + 1))
+    x = batch(dim, n=4)
+    with torch.no_grad():
+        net(x)
+    assert len(calls) == len(net.conv_blocks_context) + len(net.conv_blocks_localization)
+    assert set(calls.values()) == {1}
+
+
+@pytest.mark.parametrize("dim", DIMS)
+def test_last_routing_sums_pair_activations_per_sample(dim):
+    net = randomize_gate(tiny_moe(dim, num_experts=3, top_k=2)).eval()
+    activations = {}
+    last_block = net.conv_blocks_localization[-1]
+    last_block.register_forward_hook(lambda _m, _i, out: activations.__setitem__("pairs", out))
+    x = batch(dim, n=4)
+    with torch.no_grad():
+        net(x)
+    routing = net.last_routing
+    pairs = activations["pairs"]
+    assert pairs.shape[0] == 4 * 2  # one decoder sample per (sample, chosen expert)
+    by_sample = routing.by_sample(pairs)
+    assert by_sample.shape == (4, 2) + pairs.shape[1:]
+    with torch.no_grad():
+        for b in range(4):
+            for slot in range(2):
+                bottleneck, skips = net.encode(x[b:b + 1])
+                net.do_ds = False
+                expert = int(net.gate(bottleneck, 2).indices[0, slot])
+                reference = {}
+                handle = last_block.register_forward_hook(lambda _m, _i, out: reference.__setitem__("a", out))
+                net.decode(expert, bottleneck, skips)
+                handle.remove()
+                assert torch.allclose(by_sample[b, slot], reference["a"][0], atol=1e-4)
+
+
+@pytest.mark.parametrize("indices, in_batch_order", [([[2, 0], [0, 1], [1, 2]], False), ([[1], [1], [1]], True),
+                                                     ([[0, 2]], False), ([[2], [0]], False)],
+                         ids=["k2", "k1-one-expert", "k2-one-sample", "k1-two-experts"])
+def test_routing_groups_pairs_by_expert_and_maps_them_back(indices, in_batch_order):
+    indices = torch.tensor(indices)
+    routing = Routing.of(indices)
+    assert routing.in_batch_order == in_batch_order
+    assert routing.experts == sorted(set(indices.flatten().tolist()))
+    pair_experts = torch.repeat_interleave(torch.tensor(routing.experts), torch.tensor(routing.sizes))
+    per_sample = torch.arange(indices.shape[0], dtype=torch.float32).view(-1, 1, 1) + torch.zeros(1, 2, 3)
+    pairs = routing.gather(per_sample)
+    assert pairs.shape == (indices.numel(), 2, 3)
+    assert torch.equal(pairs[:, 0, 0].long(), routing.samples)
+    # by_sample puts each pair at [its sample, its slot]: the expert found there is the gate's choice
+    assert torch.equal(routing.by_sample(pair_experts), indices)
+    assert torch.equal(routing.by_sample(pairs)[:, 0], per_sample)

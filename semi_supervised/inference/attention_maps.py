@@ -11,9 +11,10 @@ Nothing is patched globally: `inject` returns a shallow copy of the network, whi
 the maps are computed; the trainer gets its own network back afterwards.
 
 Layers: a Grad-CAM layer must run exactly once per forward pass (medcam keeps the last activation of a
-layer). In the MoE, the decoder's convolution blocks run once per chosen expert, so only encoder blocks
-(`conv_blocks_context.N`) are valid for both networks; for the MoE they explain the gate-weighted output.
-See DEFAULT_LAYER for the default and why.
+layer); in both networks every block-level layer does. In the MoE the decoder blocks run on the P = B*k
+(sample, chosen expert) pairs, so their maps come out per pair; they are summed per sample (each pair's
+gradient already carries its gate weight), and the map explains the gate-weighted output.
+See default_layer for the default and why.
 """
 import copy
 import os
@@ -23,6 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from nnunet.network_architecture.generic_UNet_MoE import Generic_UNet_MoE
 from nnunet.preprocessing.preprocessing import get_do_separate_z, get_lowres_axis, resample_data_or_seg
 from nnunet.training.model_restore import load_model_and_checkpoint_files
 
@@ -30,14 +32,15 @@ BACKENDS = ("gcam", "gcampp")
 LESION_LABEL = 1
 
 
-# The default Grad-CAM layer: the second encoder block. It runs once per forward pass in both Generic_UNet
-# and Generic_UNet_MoE, sits at half the in-plane resolution (fine enough to outline lesions), and its
-# gradient comes through the whole decoder (for the MoE: through every chosen expert, so the map explains
-# the gate-weighted output). On the CPU demo's model the mean attention inside the lesions was about 5x
-# that far from them at this layer, against 3x at the first block and below 1x at the deeper ones; on some
-# small test models no encoder block related clearly to the lesions, while the baseline's last decoder
-# block always did (that layer is not valid for the MoE: see the module docstring).
-DEFAULT_LAYER = "conv_blocks_context.1"
+def default_layer(network) -> str:
+    """The default Grad-CAM layer: the last decoder block, `conv_blocks_localization.<number of poolings - 1>`.
+
+    It sits at full resolution, right before the segmentation head, so its map outlines what the model
+    segments; in the MoE it is shared by all experts, and its gradient comes from the gate-weighted output.
+    On the CPU test models the mean attention inside the synthetic lesions is far above that far from them
+    at this layer for both networks, while the encoder blocks related to the lesions on some models only.
+    """
+    return f"conv_blocks_localization.{len(network.conv_blocks_localization) - 1}"
 
 
 def load_trainer(model_folder: str, fold, checkpoint: str = "model_final_checkpoint"):
@@ -92,8 +95,15 @@ def lesion_logit_network(network):
     return single
 
 
+def per_sample_maps(network, layer: str, maps: torch.Tensor) -> torch.Tensor:
+    """Maps of an MoE decoder layer come per (sample, chosen expert) pair: sum them per sample."""
+    if isinstance(network, Generic_UNet_MoE) and layer.startswith("conv_blocks_localization."):
+        return network.last_routing.by_sample(maps).sum(1)
+    return maps
+
+
 def attention_network(network, layer: str, backend: str):
-    """medcam-injected shallow copy of `network` whose forward returns the lesion attention map."""
+    """medcam-injected shallow copy of `network` whose forward returns the lesion attention map (B, 1, ...)."""
     from medcam import medcam
     if backend not in BACKENDS:
         raise ValueError(f"unknown Grad-CAM backend '{backend}'; choose one of {', '.join(BACKENDS)}")
@@ -103,7 +113,9 @@ def attention_network(network, layer: str, backend: str):
     # stretch a lesion-free tile to full brightness. Its backend instance of this copy (and only that
     # instance) keeps the raw ReLU'd Grad-CAM values instead; predict_attention normalises the whole volume.
     injected.medcam_dict['model_backend']._normalize_per_channel = lambda attention_map: attention_map
-    return injected
+    per_sample = copy.copy(injected)
+    per_sample.forward = lambda x: per_sample_maps(network, layer, injected.forward(x))
+    return per_sample
 
 
 def predict_softmax(trainer, data: np.ndarray, do_mirroring: bool) -> np.ndarray:

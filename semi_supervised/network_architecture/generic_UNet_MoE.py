@@ -7,8 +7,11 @@ deep-supervision level). A gate reads the bottleneck (global average pooling, th
 adds learned noise in training (noisy top-k gating, Shazeer et al. 2017) and picks the top-k experts
 per sample; a softmax over the chosen logits gives their weights.
 
-Routing is by expert over the batch: each chosen expert decodes, once, the sub-batch of samples that
-chose it; nothing loops over samples.
+Routing is by expert over the batch, and nothing loops over samples: the decoder's batch is the P = B*k
+(sample, chosen expert) pairs, grouped by expert. Each chosen expert runs its upsampling layers and heads
+once on its group; each shared decoder block runs once on all pairs. So every layer runs at most once per
+forward pass, which Grad-CAM relies on (nnunet/inference/attention_maps.py); `last_routing` keeps the
+pairs of the last forward pass so that per-pair activations can be summed per sample.
 
 Output:
 - do_ds=True (training, nnU-Net's validation iterations): a MoEOutput with the gate-weighted
@@ -41,6 +44,44 @@ class MoEOutput(NamedTuple):
     combined: Tuple[torch.Tensor, ...]             # deep-supervision outputs, full resolution first
     slots: List[Tuple[torch.Tensor, ...]]          # per slot j: the j-th chosen expert's outputs
     gate: GateDecision
+
+
+class Routing(NamedTuple):
+    """The (sample, expert) pairs of one forward pass, grouped by expert: the decoder's batch."""
+    experts: List[int]     # the chosen experts, one group of pairs each
+    sizes: List[int]       # pairs per group
+    samples: torch.Tensor  # (P,) the sample of each pair
+    order: torch.Tensor    # (P,) permutation that sorts the pairs by sample, then slot
+    batch_size: int
+    in_batch_order: bool   # the pairs are the samples, in order (k=1 and one expert): nothing to gather
+
+    @staticmethod
+    def of(indices: torch.Tensor) -> "Routing":
+        """Routing of the gate's (B, k) chosen experts. Built on the host from one copy of `indices`: which
+        experts run is decided there anyway, and one synchronisation is cheaper than several small kernels."""
+        chosen = indices.tolist()
+        pairs = sorted((expert, sample, slot) for sample, row in enumerate(chosen) for slot, expert in enumerate(row))
+        experts = sorted({expert for expert, _, _ in pairs})
+        sizes = [sum(1 for expert, _, _ in pairs if expert == e) for e in experts]
+        samples = [sample for _, sample, _ in pairs]
+        order = sorted(range(len(pairs)), key=lambda p: pairs[p][1:])
+        device = indices.device
+        return Routing(experts, sizes, torch.tensor(samples, device=device), torch.tensor(order, device=device),
+                       len(chosen), samples == list(range(len(chosen))))
+
+    def gather(self, per_sample: torch.Tensor) -> torch.Tensor:
+        """(B, ...) by sample -> (P, ...) by pair."""
+        if self.in_batch_order:
+            return per_sample
+        if self.batch_size == 1:
+            return per_sample.expand(len(self.order), *per_sample.shape[1:])
+        return per_sample[self.samples]
+
+    def by_sample(self, pairs: torch.Tensor) -> torch.Tensor:
+        """(P, ...) by pair -> (B, k, ...): entry [b, j] belongs to sample b's j-th chosen expert."""
+        if not self.in_batch_order:
+            pairs = pairs[self.order]
+        return pairs.unflatten(0, (self.batch_size, -1))
 
 
 class NoisyTopKGate(nn.Module):
@@ -91,6 +132,7 @@ class Generic_UNet_MoE(Generic_UNet):
             raise ValueError(f"inference_top_k must be in [1, num_experts={num_experts}], got {inference_top_k}")
         self.num_experts, self.top_k, self.inference_top_k = num_experts, top_k, inference_top_k
         self.forced_expert: Optional[int] = None  # set to route every sample to one expert (weight transfer checks)
+        self.last_routing: Optional[Routing] = None
 
         experts = [Expert(self.tu, self.seg_outputs)]
         for _ in range(num_experts - 1):
@@ -111,49 +153,45 @@ class Generic_UNet_MoE(Generic_UNet):
                 x = self.td[d](x)
         return self.conv_blocks_context[-1](x), skips
 
-    def decode(self, expert: Expert, x: torch.Tensor, skips: List[torch.Tensor]) -> List[torch.Tensor]:
-        """One expert's decoder pass; returns its outputs, full resolution first (only that one without ds)."""
+    def decode_pairs(self, routing: Routing, bottleneck: torch.Tensor, skips: List[torch.Tensor]) -> List[torch.Tensor]:
+        """Decode every (sample, expert) pair of `routing`; returns the outputs by pair, full resolution first
+        (only that one without deep supervision).
+
+        Each expert's upsampling layers and heads run once, on its group of pairs; each shared convolution block
+        of the decoder runs once, on all pairs together (nnU-Net's instance norm keeps the pairs independent).
+        """
         deep_supervision = self._deep_supervision and self.do_ds
         last = len(self.conv_blocks_localization) - 1
+        groups = routing.gather(bottleneck).split(routing.sizes)
         outputs = []
         for u in range(last + 1):
-            x = expert.tu[u](x)
-            x = torch.cat((x, skips[-(u + 1)]), dim=1)
-            x = self.conv_blocks_localization[u](x)
+            upsampled = torch.cat([self.experts[e].tu[u](g) for e, g in zip(routing.experts, groups)])
+            x = self.conv_blocks_localization[u](torch.cat((upsampled, routing.gather(skips[-(u + 1)])), dim=1))
+            groups = x.split(routing.sizes)
             if deep_supervision or u == last:
-                outputs.append(self.final_nonlin(expert.seg_outputs[u](x)))
+                outputs.append(torch.cat([self.final_nonlin(self.experts[e].seg_outputs[u](g))
+                                          for e, g in zip(routing.experts, groups)]))
         if not deep_supervision:
             return outputs
         return [outputs[-1]] + [op(o) for op, o in zip(list(self.upscale_logits_ops)[::-1], outputs[:-1][::-1])]
 
-    def route(self, bottleneck: torch.Tensor, skips: List[torch.Tensor],
-              decision: GateDecision) -> List[List[torch.Tensor]]:
-        """Run each chosen expert once on the samples that chose it; return outputs by slot and level."""
-        batch, k = decision.indices.shape
-        slots: List[Optional[List[torch.Tensor]]] = [None] * k
-        for expert_id in torch.unique(decision.indices).tolist():
-            chosen = decision.indices == expert_id                      # (B, k)
-            rows = chosen.any(dim=1).nonzero(as_tuple=True)[0]
-            outputs = self.decode(self.experts[expert_id], bottleneck[rows], [s[rows] for s in skips])
-            for slot in range(k):
-                in_slot = chosen[rows, slot]
-                if not in_slot.any():
-                    continue
-                if slots[slot] is None:
-                    slots[slot] = [o.new_zeros((batch,) + o.shape[1:]) for o in outputs]
-                slots[slot] = [s.index_copy(0, rows[in_slot], o[in_slot]) for s, o in zip(slots[slot], outputs)]
-        return slots
+    def decode(self, expert: int, bottleneck: torch.Tensor, skips: List[torch.Tensor]) -> List[torch.Tensor]:
+        """One expert's decoder outputs for the whole batch (a reference for the routed forward pass)."""
+        indices = torch.full((bottleneck.shape[0], 1), expert, dtype=torch.long, device=bottleneck.device)
+        return self.decode_pairs(Routing.of(indices), bottleneck, skips)
 
     def forward(self, x: torch.Tensor):
         bottleneck, skips = self.encode(x)
         top_k = self.top_k if self.do_ds else self.inference_top_k
         decision = self.gate(bottleneck, top_k, self.forced_expert)
-        slots = self.route(bottleneck, skips, decision)
+        routing = Routing.of(decision.indices)
+        self.last_routing = routing
+        by_sample = [routing.by_sample(o) for o in self.decode_pairs(routing, bottleneck, skips)]  # (B, k, C, ...)
         combined = []
-        for level in range(len(slots[0])):
-            weighted = [decision.weights[:, j].to(slots[j][level].dtype).view(-1, *[1] * (slots[j][level].dim() - 1))
-                        * slots[j][level] for j in range(len(slots))]
-            combined.append(torch.stack(weighted).sum(0))
+        for outputs in by_sample:
+            weights = decision.weights.to(outputs.dtype).view(*decision.weights.shape, *[1] * (outputs.dim() - 2))
+            combined.append((weights * outputs).sum(1))
         if not (self._deep_supervision and self.do_ds):
             return combined[0]
-        return MoEOutput(tuple(combined), [tuple(s) for s in slots], decision)
+        slots = [tuple(outputs[:, j] for outputs in by_sample) for j in range(decision.indices.shape[1])]
+        return MoEOutput(tuple(combined), slots, decision)
