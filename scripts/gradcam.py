@@ -21,7 +21,7 @@ import SimpleITK as sitk  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from ct_inputs import LUNG_WINDOW, collect_inputs, ensure_writable, refuse_overwrite  # noqa: E402
-from workspace import WorkflowError, add_model_arguments, main_guard, model_dir, task_name  # noqa: E402
+from workspace import WorkflowError, add_model_arguments, main_guard, task_name, trained_model_dir  # noqa: E402
 
 OUTPUT_SUFFIXES = ("_attention.nii.gz", "_segmentation.nii.gz", "_overlay.png")
 EMPTY_MAP_HINT = ("Grad-CAM++ (gcampp) keeps positive gradients only, and the last decoder block feeds the lesion "
@@ -74,11 +74,8 @@ def main() -> None:
         raise WorkflowError(f"unknown BACKEND '{args.backend}'; choose one of {', '.join(BACKENDS)}")
     task = task_name(args.task)
     trainer_name = args.moe_trainer if args.model == "moe" else args.trainer
-    folder = model_dir("3d_fullres", task, trainer_name, args.plans, args.fold)
-    if not (folder / "model_final_checkpoint.model").is_file():
-        target = "make semi" if args.model == "moe" else "make baseline"
-        raise WorkflowError(f"no trained 3d_fullres {trainer_name} model for fold {args.fold} in {folder}: "
-                            f"run '{target}' first")
+    folder = trained_model_dir("3d_fullres", task, trainer_name, args.plans, args.fold,
+                               "make semi" if args.model == "moe" else "make baseline")
     inputs = collect_inputs(args.input)
     if not args.force:
         refuse_overwrite([c for c in inputs if any((args.output / (c + s)).exists() for s in OUTPUT_SUFFIXES)],

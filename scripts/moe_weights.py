@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from workspace import WorkflowError, add_model_arguments, main_guard, model_dir, task_name
+from workspace import WorkflowError, add_model_arguments, main_guard, model_dir, task_name, trained_model_dir
 
 # experts 1..E-1 are perturbed by 0.1% (see moe_weight_transfer); their softmax outputs move by far less than this
 TOLERANCE = 0.05
@@ -32,10 +32,8 @@ def main() -> None:
     from nnunet.training.network_training.nnUNetTrainerV2_moe import nnUNetTrainerV2_moe
 
     task = task_name(args.task)
-    baseline_dir = model_dir("3d_fullres", task, args.trainer, args.plans, args.fold)
-    checkpoint = baseline_dir / "model_final_checkpoint.model"
-    if not checkpoint.is_file():
-        raise WorkflowError(f"no baseline checkpoint {checkpoint}: run 'make baseline' first")
+    checkpoint = trained_model_dir("3d_fullres", task, args.trainer, args.plans, args.fold,
+                                   "make baseline") / "model_final_checkpoint.model"
     output = moe_init_file(task, args.moe_trainer, args.plans, args.fold)
     if output.exists() and not args.force:
         print(f"{output} exists; keeping it (FORCE=1 makes it again)")

@@ -16,23 +16,16 @@ from pathlib import Path
 from typing import List
 
 from ct_inputs import collect_inputs, ensure_writable, refuse_overwrite
-from workspace import WorkflowError, add_model_arguments, main_guard, model_dir, run, task_name
+from workspace import WorkflowError, add_model_arguments, main_guard, run, task_name, trained_model_dir
 
 MODELS = {"moe": [("3d_fullres", "moe")], "fullres": [("3d_fullres", "baseline")],
           "lowres": [("3d_lowres", "baseline")], "ensemble": [("3d_fullres", "baseline"), ("3d_lowres", "baseline")]}
 
 
 def check_models(task: str, model: str, args) -> List[Path]:
-    folders = []
-    for configuration, kind in MODELS[model]:
-        trainer = args.moe_trainer if kind == "moe" else args.trainer
-        folder = model_dir(configuration, task, trainer, args.plans, args.fold)
-        if not (folder / "model_final_checkpoint.model").is_file():
-            target = "make semi" if kind == "moe" else "make baseline"
-            raise WorkflowError(f"no trained {configuration} {trainer} model for fold {args.fold} in {folder}: "
-                                f"run '{target}' first")
-        folders.append(folder)
-    return folders
+    return [trained_model_dir(configuration, task, args.moe_trainer if kind == "moe" else args.trainer, args.plans,
+                              args.fold, "make semi" if kind == "moe" else "make baseline")
+            for configuration, kind in MODELS[model]]
 
 
 def predict(images: Path, output: Path, task_id: int, configuration: str, trainer: str, plans: str, fold,

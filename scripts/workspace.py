@@ -72,6 +72,15 @@ def model_dir(configuration: str, task: str, trainer: str, plans: str, fold) -> 
     return env_folder("RESULTS_FOLDER") / "nnUNet" / configuration / task / f"{trainer}__{plans}" / f"fold_{fold}"
 
 
+def trained_model_dir(configuration: str, task: str, trainer: str, plans: str, fold, make_target: str) -> Path:
+    """A model's fold folder; a WorkflowError naming the make target to run if it holds no final checkpoint."""
+    folder = model_dir(configuration, task, trainer, plans, fold)
+    if not (folder / "model_final_checkpoint.model").is_file():
+        raise WorkflowError(f"no trained {configuration} {trainer} model for fold {fold} in {folder}: "
+                            f"run '{make_target}' first")
+    return folder
+
+
 def ensemble_dir(task: str, trainer: str, plans: str, fold) -> Path:
     return (env_folder("RESULTS_FOLDER") / "nnUNet" / "ensembles" / task /
             f"ensemble_3d_fullres_3d_lowres__{trainer}__{plans}" / f"fold_{fold}")

@@ -97,7 +97,7 @@ def lesion_logit_network(network):
 
 def per_sample_maps(network, layer: str, maps: torch.Tensor) -> torch.Tensor:
     """Maps of an MoE decoder layer come per (sample, chosen expert) pair: sum them per sample."""
-    if isinstance(network, Generic_UNet_MoE) and layer.startswith("conv_blocks_localization."):
+    if isinstance(network, Generic_UNet_MoE) and network.runs_on_pairs(layer):
         return network.last_routing.by_sample(maps).sum(1)
     return maps
 

@@ -144,6 +144,11 @@ class Generic_UNet_MoE(Generic_UNet):
         self.experts = nn.ModuleList(experts)
         self.gate = NoisyTopKGate(self.conv_blocks_context[-1][-1].output_channels, num_experts)
 
+    @staticmethod
+    def runs_on_pairs(layer: str) -> bool:
+        """Whether a layer's activations come per (sample, chosen expert) pair rather than per sample."""
+        return layer.startswith("conv_blocks_localization.")
+
     def encode(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         skips = []
         for d in range(len(self.conv_blocks_context) - 1):

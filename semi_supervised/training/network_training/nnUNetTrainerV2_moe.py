@@ -170,23 +170,19 @@ class nnUNetTrainerV2_moe(nnUNetTrainerV2):
             data, target = to_cuda(data), to_cuda(target)
 
         self.optimizer.zero_grad()
-        if self.fp16:
-            with autocast():
-                output = self.network(data)
-                losses = self.compute_losses(output, target, n_labeled, consistency_lambda)
-            if do_backprop:
-                self.amp_grad_scaler.scale(losses.total).backward()
-                self.amp_grad_scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-                self.amp_grad_scaler.step(self.optimizer)
-                self.amp_grad_scaler.update()
-        else:
+        with autocast(enabled=self.fp16):
             output = self.network(data)
             losses = self.compute_losses(output, target, n_labeled, consistency_lambda)
-            if do_backprop:
-                losses.total.backward()
-                torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-                self.optimizer.step()
+        if do_backprop and self.fp16:
+            self.amp_grad_scaler.scale(losses.total).backward()
+            self.amp_grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.amp_grad_scaler.step(self.optimizer)
+            self.amp_grad_scaler.update()
+        elif do_backprop:
+            losses.total.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.optimizer.step()
 
         if run_online_evaluation:
             self.run_online_evaluation([o[:n_labeled] for o in output.combined], target)
