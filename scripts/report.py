@@ -220,7 +220,8 @@ def main() -> None:
 
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
-    lines = header(task, args.fold, folders) + [""] + markdown_table(summaries, missing, lacking, args.tolerance_mm)
+    summary = header(task, args.fold, folders) + [""] + markdown_table(summaries, missing, lacking, args.tolerance_mm)
+    lines = list(summary)
     write_csv(scores, summaries, out / "metrics.csv")
     plot_dice_boxplot(scores, out / "dice_boxplot.png")
     figures = ["dice_boxplot.png"]
@@ -241,8 +242,7 @@ def main() -> None:
               "left out of its mean).", "", "Per-case values: metrics.csv", ""]
     lines += [f"![{f}]({f})" for f in figures]
     (out / "report.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(header(task, args.fold, folders) + [""] + markdown_table(summaries, missing, lacking,
-                                                                               args.tolerance_mm)))
+    print("\n".join(summary))
     print(f"report written to {out / 'report.md'}")
 
 

@@ -17,7 +17,7 @@ so this is ours, and such cases are counted, never dropped):
 """
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -94,44 +94,38 @@ def case_metrics(prediction: np.ndarray, reference: np.ndarray, spacing: Sequenc
                        prediction_empty=not prediction.any())
 
 
-def read_mask(path: Path, label: int = LESION_LABEL) -> np.ndarray:
-    return sitk.GetArrayFromImage(sitk.ReadImage(str(path))) == label
-
-
-def array_spacing(path: Path) -> List[float]:
-    """Voxel spacing in the order of sitk.GetArrayFromImage's axes (z, y, x)."""
-    return list(sitk.ReadImage(str(path)).GetSpacing())[::-1]
-
-
 def case_ids(folder: Path) -> List[str]:
     return sorted(p.name[: -len(".nii.gz")] for p in folder.glob("*.nii.gz"))
 
 
-def check_same_grid(prediction: Path, reference: Path) -> None:
+CaseMasks = Tuple[np.ndarray, np.ndarray, List[float]]  # prediction, reference, spacing
+
+
+def read_case(prediction: Path, reference: Path) -> CaseMasks:
+    """Both lesion masks of a case, checked to share one grid, and the voxel spacing in the arrays' axis order
+    (z, y, x); each file is read once."""
+    if not reference.is_file():
+        raise FileNotFoundError(f"{prediction.name}: no reference segmentation {reference}")
     a, b = sitk.ReadImage(str(prediction)), sitk.ReadImage(str(reference))
     if a.GetSize() != b.GetSize() or not np.allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-4):
         raise ValueError(f"{prediction.name}: prediction grid {a.GetSize()} {a.GetSpacing()} differs from the "
                          f"reference's {b.GetSize()} {b.GetSpacing()}")
+    return (sitk.GetArrayFromImage(a) == LESION_LABEL, sitk.GetArrayFromImage(b) == LESION_LABEL,
+            list(b.GetSpacing())[::-1])
+
+
+def read_cases(prediction_dir: Path, reference_dir: Path) -> Iterator[Tuple[str, CaseMasks]]:
+    """(case, read_case(...)) for every prediction in `prediction_dir` and its same-named reference."""
+    for case in case_ids(prediction_dir):
+        yield case, read_case(prediction_dir / f"{case}.nii.gz", reference_dir / f"{case}.nii.gz")
 
 
 def metrics_per_case(prediction_dir: Path, reference_dir: Path, tolerance_mm: float = 1.0) -> Dict[str, CaseMetrics]:
-    scores = {}
-    for case in case_ids(prediction_dir):
-        prediction, reference = prediction_dir / f"{case}.nii.gz", reference_dir / f"{case}.nii.gz"
-        if not reference.is_file():
-            raise FileNotFoundError(f"{case}: no reference segmentation {reference}")
-        check_same_grid(prediction, reference)
-        scores[case] = case_metrics(read_mask(prediction), read_mask(reference), array_spacing(reference),
-                                    tolerance_mm)
-    return scores
+    return {case: case_metrics(prediction, reference, spacing, tolerance_mm)
+            for case, (prediction, reference, spacing) in read_cases(prediction_dir, reference_dir)}
 
 
 def dice_per_case(prediction_dir: Path, reference_dir: Path) -> Dict[str, float]:
     """Dice of every prediction in ``prediction_dir`` against the same-named reference."""
-    scores = {}
-    for case in case_ids(prediction_dir):
-        reference = reference_dir / f"{case}.nii.gz"
-        if not reference.is_file():
-            raise FileNotFoundError(f"{case}: no reference segmentation {reference}")
-        scores[case] = dice(read_mask(prediction_dir / f"{case}.nii.gz"), read_mask(reference))
-    return scores
+    return {case: dice(prediction, reference)
+            for case, (prediction, reference, _) in read_cases(prediction_dir, reference_dir)}

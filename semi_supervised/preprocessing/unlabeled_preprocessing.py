@@ -46,11 +46,11 @@ def make_preprocessor(plans: dict):
                               plans["dataset_properties"]["intensityproperties"])
 
 
-def preprocess_case(plans: dict, image: Path, output_folder: str, target_spacing) -> str:
+def preprocess_case(preprocessor, classes: List[int], image: Path, output_folder: str, target_spacing) -> str:
     case = image.name[: -len("_0000.nii.gz")]
-    data, _, properties = make_preprocessor(plans).preprocess_test_case([str(image)], target_spacing)
+    data, _, properties = preprocessor.preprocess_test_case([str(image)], target_spacing)
     no_label = np.full((1,) + data.shape[1:], NO_LABEL, dtype=np.float32)
-    properties["class_locations"] = {c: [] for c in plans["all_classes"]}
+    properties["class_locations"] = {c: [] for c in classes}
     properties["seg_file"] = None
     tmp = os.path.join(output_folder, f".{case}.tmp.npz")
     np.savez_compressed(tmp, data=np.vstack((data, no_label)).astype(np.float32))
@@ -69,10 +69,11 @@ def preprocess_unlabeled_pool(raw_task_dir: Path, preprocessed_task_dir: Path, p
     """Preprocess every image of imagesUnlabeled/ for every stage of the plans; returns the number of cases."""
     plans = load_pickle(str(plans_file))
     images = unlabeled_images(raw_task_dir)
+    preprocessor = make_preprocessor(plans)
     for stage, stage_plans in plans["plans_per_stage"].items():
         folder = unlabeled_stage_folder(str(preprocessed_task_dir), plans["data_identifier"], stage)
         os.makedirs(folder, exist_ok=True)
-        jobs = [(plans, image, folder, stage_plans["current_spacing"]) for image in images]
+        jobs = [(preprocessor, plans["all_classes"], image, folder, stage_plans["current_spacing"]) for image in images]
         with Pool(max(1, num_processes)) as pool:
             list(tqdm(pool.imap_unordered(_preprocess_job, jobs), total=len(jobs), disable=None,
                       desc=f"unlabelled pool, stage {stage}", unit="case"))
