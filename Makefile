@@ -26,6 +26,10 @@ export RESULTS_FOLDER ?= $(CURDIR)/data/nnUNet_trained_models
 
 # ---------------------------------------------------------------- workflow settings
 DATA ?=
+# make synthetic (DATA: the folder to write)
+CASES ?= 20
+VALIDATION_CASES ?= 4
+SYNTHETIC_SEED ?= 0
 TASK ?= 200
 TASK_NAME ?= COVID_19_20
 FOLD ?= 4
@@ -97,13 +101,15 @@ DEMO_SEMI_EPOCHS ?= 10
 DEMO_WARMUP_EPOCHS ?= 2
 DEMO_RAMPUP_EPOCHS ?= 5
 
-.PHONY: help setup convert preprocess baseline weights semi predict gradcam report demo test clean-demo
+.PHONY: help setup synthetic convert preprocess baseline weights semi predict gradcam report demo test clean-demo
 
 help:
 	@sed -n 's/^## \{0,1\}//p' $(MAKEFILE_LIST)
 
 ## Targets (variables in brackets, defaults in the Makefile):
-##   setup       venv [VENV=.venv], nnUNet/ (submodule or PyPI sdist), patches, overlay, editable install
+##   setup       venv [VENV=.venv], the covidseg package, nnUNet/ (submodule or PyPI sdist), patches, overlay
+##   synthetic   DATA=<folder to write> a synthetic download in the challenge's layout [CASES=20 VALIDATION_CASES=4
+##               SYNTHETIC_SEED=0 FORCE=]
 ##   convert     DATA=<COVID-19-20 download> [TASK=200 TASK_NAME LABELED_FRACTION=0.5 SEED=0 EXTRA_UNLABELED= FORCE=]
 ##   preprocess  nnUNet_plan_and_preprocess [TASK PLANNER3D TL=8 TF=8 FORCE=]
 ##   baseline    3d_fullres + 3d_lowres (--npz), nnUNet_ensemble, Dice table [FOLD=4 TRAINER PLANS EPOCHS ITERS VAL_ITERS NPROC_DA]
@@ -126,6 +132,11 @@ endif
 	$(PY) -m pip install --quiet -r env/requirements.txt -c env/constraints.txt
 	@mkdir -p $(@D) && touch $@
 
+# the workspace's own package (covidseg), editable: every command is `python -m covidseg.<target>`
+$(STAMPS)/workspace-installed: pyproject.toml $(STAMPS)/requirements
+	$(PY) -m pip install --quiet --no-deps -e .
+	@mkdir -p $(@D) && touch $@
+
 nnUNet/setup.py:
 	bash scripts/fetch_nnunet.sh $(PY)
 
@@ -134,44 +145,49 @@ $(STAMPS)/nnunet-installed: nnUNet/setup.py $(STAMPS)/requirements
 	@mkdir -p $(@D) && touch $@
 
 # the patches and the overlay are checked on every run: cheap, and stale copies never run
-setup: $(STAMPS)/requirements nnUNet/setup.py
+setup: $(STAMPS)/requirements $(STAMPS)/workspace-installed nnUNet/setup.py
 	@bash scripts/apply_patches.sh
 	@$(PY) scripts/sync_overlay.py
 	@$(MAKE) --no-print-directory $(STAMPS)/nnunet-installed
 	@$(PY) -c "import nnunet, torch; print('setup ok: nnunet from', nnunet.__path__[0], '| torch', torch.__version__, '| CUDA' if torch.cuda.is_available() else '| CPU only')"
 
 # ---------------------------------------------------------------- workflow
+synthetic: setup
+	@test -n "$(DATA)" || { echo "ERROR: set DATA=<folder to write the synthetic download into>" >&2; exit 1; }
+	$(PY) -m covidseg.synthetic "$(DATA)" --n-train $(CASES) --n-validation $(VALIDATION_CASES) \
+		--seed $(SYNTHETIC_SEED) $(if $(FORCE),--force)
+
 convert: setup
 	@test -n "$(DATA)" || { echo "ERROR: set DATA=<folder of the COVID-19-20 download> (or run 'make demo')" >&2; exit 1; }
-	$(PY) scripts/COVID_19_20.py "$(DATA)" --task-id $(TASK) --task-name $(TASK_NAME) \
+	$(PY) -m covidseg.convert "$(DATA)" --task-id $(TASK) --task-name $(TASK_NAME) \
 		--labeled-fraction $(LABELED_FRACTION) --seed $(SEED) \
 		$(if $(EXTRA_UNLABELED),--extra-unlabeled "$(EXTRA_UNLABELED)") $(if $(FORCE),--force)
 
 preprocess: setup
-	$(PY) scripts/preprocess.py --task $(TASK) --planner3d $(PLANNER3D) --plans $(PLANS) --tl $(TL) --tf $(TF) $(if $(FORCE),--force)
+	$(PY) -m covidseg.preprocess --task $(TASK) --planner3d $(PLANNER3D) --plans $(PLANS) --tl $(TL) --tf $(TF) $(if $(FORCE),--force)
 
 baseline: setup
-	$(PY) scripts/baseline.py $(WORKFLOW_ARGS)
+	$(PY) -m covidseg.baseline $(WORKFLOW_ARGS)
 
 MOE_ARGS := --task $(TASK) --fold $(FOLD) --plans $(PLANS) --trainer $(TRAINER) --moe-trainer $(MOE_TRAINER) $(if $(FORCE),--force)
 
 weights: setup
-	$(PY) scripts/moe_weights.py $(MOE_ARGS)
+	$(PY) -m covidseg.weights $(MOE_ARGS)
 
 semi: setup
-	$(PY) scripts/semi.py $(MOE_ARGS)
+	$(PY) -m covidseg.semi $(MOE_ARGS)
 
 predict: setup
 	@test -n "$(INPUT)" -a -n "$(OUTPUT)" || { echo "ERROR: set INPUT=<CT file or folder> and OUTPUT=<folder>" >&2; exit 1; }
-	$(PY) scripts/predict.py --input "$(INPUT)" --output "$(OUTPUT)" --model $(MODEL) $(MOE_ARGS) $(if $(filter 0,$(TTA)),--disable-tta)
+	$(PY) -m covidseg.predict --input "$(INPUT)" --output "$(OUTPUT)" --model $(MODEL) $(MOE_ARGS) $(if $(filter 0,$(TTA)),--disable-tta)
 
 gradcam: setup
 	@test -n "$(INPUT)" -a -n "$(OUTPUT)" || { echo "ERROR: set INPUT=<CT file or folder> and OUTPUT=<folder>" >&2; exit 1; }
-	$(PY) scripts/gradcam.py --input "$(INPUT)" --output "$(OUTPUT)" --model $(if $(filter fullres,$(MODEL)),fullres,moe) \
+	$(PY) -m covidseg.gradcam --input "$(INPUT)" --output "$(OUTPUT)" --model $(if $(filter fullres,$(MODEL)),fullres,moe) \
 		--backend $(BACKEND) $(if $(LAYER),--layer $(LAYER)) $(MOE_ARGS) $(if $(filter 0,$(TTA)),--disable-tta)
 
 report: setup
-	$(PY) scripts/report.py --task $(TASK) --fold $(FOLD) --plans $(PLANS) --trainer $(TRAINER) \
+	$(PY) -m covidseg.report --task $(TASK) --fold $(FOLD) --plans $(PLANS) --trainer $(TRAINER) \
 		--moe-trainer $(MOE_TRAINER) --output "$(REPORT_DIR)" --tolerance-mm $(NSD_TOLERANCE_MM)
 
 # ---------------------------------------------------------------- demo
@@ -190,7 +206,7 @@ clean-demo:
 
 demo: setup clean-demo
 	@mkdir -p $(DEMO_DIR) && touch $(DEMO_DIR)/.made-by-make-demo
-	$(call demo_stage,synthetic download,$(PY) scripts/make_synthetic_covid.py $(DEMO_DIR)/download --n-train $(DEMO_CASES) --n-validation 2)
+	$(call demo_stage,synthetic download,$(DEMO_MAKE) synthetic DATA=$(DEMO_DIR)/download CASES=$(DEMO_CASES) VALIDATION_CASES=2)
 	$(call demo_stage,convert,$(DEMO_MAKE) convert DATA=$(DEMO_DIR)/download)
 	$(call demo_stage,preprocess,$(DEMO_MAKE) preprocess)
 	$(call demo_stage,baseline,$(DEMO_MAKE) baseline)

@@ -31,15 +31,12 @@ TARGETS = {"train_k2": 1.5, "inference_k1": 1.1}
 
 
 def build(kind: str, pooling, kernels, num_experts: int, top_k: int, inference_top_k: int):
-    from nnunet.network_architecture.generic_UNet import Generic_UNet
-    from nnunet.network_architecture.generic_UNet_MoE import Generic_UNet_MoE
-    from nnunet.network_architecture.initialization import InitWeights_He
-    args = (1, 32, 2, len(pooling), 2, 2, nn.Conv3d, nn.InstanceNorm3d, {"eps": 1e-5, "affine": True}, nn.Dropout3d,
-            {"p": 0, "inplace": True}, nn.LeakyReLU, {"negative_slope": 1e-2, "inplace": True}, True, False,
-            lambda x: x, InitWeights_He(1e-2), pooling, kernels, False, True, True)
+    from nnunet.network_architecture.unet_factory import generic_unet, generic_unet_moe
+    plan = dict(num_input_channels=1, base_num_features=32, num_classes=2, pool_op_kernel_sizes=pooling,
+                conv_kernel_sizes=kernels)
     if kind == "baseline":
-        return Generic_UNet(*args)
-    return Generic_UNet_MoE(*args, num_experts=num_experts, top_k=top_k, inference_top_k=inference_top_k)
+        return generic_unet(**plan)
+    return generic_unet_moe(**plan, num_experts=num_experts, top_k=top_k, inference_top_k=inference_top_k)
 
 
 def deep_supervision_loss(output, target):

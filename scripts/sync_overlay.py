@@ -11,8 +11,10 @@ Run it as often as you like; it only rewrites files whose content changed.
 import argparse
 import filecmp
 import shutil
-import sys
 from pathlib import Path
+from typing import Optional, Sequence
+
+from covidseg.core.errors import ProblemsError, WorkflowError, main_guard
 
 MANIFEST_NAME = ".semi_supervised_overlay"
 
@@ -29,16 +31,16 @@ def read_manifest(path: Path) -> set:
 
 
 def sync(src: Path, dst: Path) -> int:
+    """Copy the overlay `src` into `dst`; returns the number of files copied."""
     manifest_path = dst / MANIFEST_NAME
     previous = read_manifest(manifest_path)
     current = overlay_files(src)
 
     clashes = [rel for rel in current if (dst / rel).exists() and rel not in previous]
     if clashes:
-        for rel in clashes:
-            print(f"ERROR: overlay file semi_supervised/{rel} would overwrite upstream nnunet/{rel}",
-                  file=sys.stderr)
-        return 1
+        raise ProblemsError("the overlay clashes with upstream nnU-Net, nothing was copied",
+                            [f"{src.name}/{rel} would overwrite upstream {dst.name}/{rel} (rename it)"
+                             for rel in clashes])
 
     for rel in sorted(previous - set(current)):
         stale = dst / rel
@@ -54,21 +56,20 @@ def sync(src: Path, dst: Path) -> int:
         shutil.copy2(src / rel, target)
         changed += 1
     manifest_path.write_text("".join(f"{rel}\n" for rel in current))
-    if changed:
-        print(f"   overlay: {changed} file(s) copied into nnUNet/nnunet/")
-    return 0
+    return changed
 
 
-def main() -> int:
+def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--src", type=Path, default=Path("semi_supervised"))
     parser.add_argument("--dst", type=Path, default=Path("nnUNet/nnunet"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if not args.dst.is_dir():
-        print(f"ERROR: {args.dst} does not exist: run `make setup` first", file=sys.stderr)
-        return 1
-    return sync(args.src, args.dst)
+        raise WorkflowError(f"{args.dst} does not exist: run 'make setup' first (it fills nnUNet/)")
+    changed = sync(args.src, args.dst)
+    if changed:
+        print(f"   overlay: {changed} file(s) copied into {args.dst}/")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main_guard(main)

@@ -1,11 +1,13 @@
-"""scripts/apply_patches.sh: patches apply to the pinned nnU-Net, re-apply idempotently, fail loudly."""
+"""patches/ and scripts/apply_patches.sh: documented patches that apply to the pinned nnU-Net, re-apply
+idempotently, and fail loudly."""
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_env
+from tests.helpers import REPO, run_env
 
 PATCHES = sorted((REPO / "patches").glob("[0-9][0-9][0-9][0-9]-*.patch"))
 APPLY = REPO / "scripts" / "apply_patches.sh"
@@ -32,13 +34,28 @@ def apply(tree: Path, **env) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(APPLY), str(tree)], capture_output=True, text=True, env=run_env(**env))
 
 
-def test_every_patch_has_a_header_saying_why_and_which_test():
-    assert len(PATCHES) >= 3
-    for patch in PATCHES:
-        header = patch.read_text().split("\n--- a/", 1)[0]
-        assert "Why:" in header and "Proved by:" in header, patch.name
-        for test_file in {w.split("(")[0].strip(",.") for w in header.split() if w.startswith("tests/")}:
-            assert (REPO / test_file).is_file(), f"{patch.name} names a missing test {test_file}"
+TEST_REFERENCE = re.compile(r"(tests/test_\w+\.py)::(\w+)")
+UPSTREAM_COMMIT = re.compile(r"\b[0-9a-f]{40}\b")
+
+
+def header(patch: Path) -> str:
+    """The commit message of a `git format-patch` file: everything before its diffstat."""
+    return patch.read_text().split("\n---\n", 1)[0]
+
+
+@pytest.mark.parametrize("patch", PATCHES, ids=[p.name[:4] for p in PATCHES])
+def test_every_patch_says_why_which_tests_prove_it_and_where_it_comes_from(patch):
+    text = header(patch)
+    assert "Why:" in text and "Proved by" in text
+    references = TEST_REFERENCE.findall(text)
+    assert references, "name the tests as tests/test_<module>.py::test_<name>"
+    for test_file, test_name in references:
+        assert re.search(rf"^def {test_name}\(", (REPO / test_file).read_text(), re.M), \
+            f"{patch.name} names {test_file}::{test_name}, which does not exist"
+    upstream = re.search(r"^Upstream: (.*)$", text, re.M)
+    assert upstream, "say where the change comes from: 'Upstream: <commit>' or 'Upstream: none'"
+    if "Backport" in text.splitlines()[3]:  # the Subject line
+        assert UPSTREAM_COMMIT.search(upstream.group(1)), f"{patch.name} is a backport: name the upstream commit"
 
 
 def test_patches_apply_in_order_then_reapply_idempotently(pristine_tree):
@@ -65,4 +82,4 @@ def test_a_patch_that_does_not_apply_stops_with_its_name(pristine_tree, tmp_path
     target.write_text(target.read_text().replace("def to_cuda(", "def something_else("))
     result = apply(pristine_tree, PATCHES_DIR=broken_dir)
     assert result.returncode != 0
-    assert "0001-cpu-fallback.patch does not apply" in result.stderr
+    assert f"{PATCHES[0].name} does not apply" in result.stderr

@@ -12,7 +12,7 @@ import torch
 
 import pytest
 
-from conftest import FOLD, FULLRES_EPOCHS, PLANS, TASK, TRAINER
+from tests.helpers import FOLD, FULLRES_EPOCHS, PLANS, TASK, TRAINER
 
 
 def geometry(path: Path):
@@ -67,7 +67,7 @@ def test_ensemble_and_dice_table(workflow):
 def test_baseline_again_does_not_retrain(workflow):
     checkpoint = workflow.model("3d_fullres") / "model_final_checkpoint.model"
     before = checkpoint.stat().st_mtime_ns
-    result = workflow.script("baseline.py", *workflow.workflow_args())
+    result = workflow.command("baseline", *workflow.workflow_args())
     assert "3d_fullres nnUNetTrainerV2: already trained" in result.stdout
     assert checkpoint.stat().st_mtime_ns == before
 
@@ -78,7 +78,9 @@ def test_nnunet_predict_keeps_the_input_geometry(workflow, tmp_path):
                              "-m", "3d_fullres", "-p", PLANS, "-tr", TRAINER, "-f", str(FOLD), "--disable_tta"],
                             env=workflow.env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    for image in sorted(images.glob("*_0000.nii.gz")):
+    inputs = sorted(images.glob("*_0000.nii.gz"))
+    assert len(inputs) == 2
+    for image in inputs:
         prediction = tmp_path / image.name.replace("_0000.nii.gz", ".nii.gz")
         assert geometry(prediction) == geometry(image)
         assert set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(prediction))))) <= {0, 1}

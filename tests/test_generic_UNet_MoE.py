@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from moe_helpers import SHAPES, batch, tiny_moe
 from nnunet.network_architecture.generic_UNet_MoE import MoEOutput, Routing
+from tests.helpers import SHAPES, batch, tiny_moe, tiny_unet
 
 DIMS = [2, 3]
 
@@ -107,12 +107,21 @@ def test_invalid_k_is_refused(kwargs):
         tiny_moe(2, **kwargs)
 
 
-def test_state_dict_names_follow_generic_unet():
-    keys = tiny_moe(3, num_experts=2).state_dict().keys()
-    assert any(k.startswith("conv_blocks_context.") for k in keys)
-    assert any(k.startswith("experts.1.tu.0.") for k in keys)
-    assert any(k.startswith("experts.1.seg_outputs.2.") for k in keys)
-    assert not any(k.startswith(("tu.", "seg_outputs.")) for k in keys)
+@pytest.mark.parametrize("dim", DIMS)
+def test_state_dict_names_follow_generic_unet(dim):
+    """Every expert, with the shared layers, is a Generic_UNet state dict: same names (behind experts.E.), same shapes;
+    only the gate is new."""
+    unet = {k: v.shape for k, v in tiny_unet(dim).state_dict().items()}
+    moe = {k: v.shape for k, v in tiny_moe(dim, num_experts=2).state_dict().items()}
+    expert_layers = {k for k in unet if k.startswith(("tu.", "seg_outputs."))}
+    assert expert_layers and not any(k.startswith(("tu.", "seg_outputs.")) for k in moe)
+    shared = {k: s for k, s in moe.items() if not k.startswith(("experts.", "gate."))}
+    assert shared == {k: s for k, s in unet.items() if k not in expert_layers}
+    for expert in range(2):
+        prefix = f"experts.{expert}."
+        assert {k[len(prefix):]: s for k, s in moe.items() if k.startswith(prefix)} == \
+            {k: s for k, s in unet.items() if k in expert_layers}
+    assert sorted(k for k in moe if k.startswith("gate.")) == ["gate.w_gate.weight", "gate.w_noise.weight"]
 
 
 @pytest.mark.parametrize("dim", DIMS)
@@ -146,6 +155,7 @@ def test_last_routing_sums_pair_activations_per_sample(dim):
     assert pairs.shape[0] == 4 * 2  # one decoder sample per (sample, chosen expert)
     by_sample = routing.by_sample(pairs)
     assert by_sample.shape == (4, 2) + pairs.shape[1:]
+    references = torch.zeros_like(by_sample)
     with torch.no_grad():
         for b in range(4):
             for slot in range(2):
@@ -156,7 +166,15 @@ def test_last_routing_sums_pair_activations_per_sample(dim):
                 handle = last_block.register_forward_hook(lambda _m, _i, out: reference.__setitem__("a", out))
                 net.decode(expert, bottleneck, skips)
                 handle.remove()
-                assert torch.allclose(by_sample[b, slot], reference["a"][0], atol=1e-4)
+                references[b, slot] = reference["a"][0]
+    assert torch.allclose(by_sample, references, atol=1e-4)
+    # what Grad-CAM does with a decoder layer's per-pair maps: one map per sample, the sum over its chosen experts
+    from nnunet.inference.attention_maps import per_sample_maps
+    layer = f"conv_blocks_localization.{len(net.conv_blocks_localization) - 1}"
+    summed = per_sample_maps(net, layer, pairs)
+    assert summed.shape == (4,) + pairs.shape[1:]
+    assert torch.allclose(summed, references.sum(1), atol=1e-4)
+    assert not torch.allclose(summed, references[:, 0], atol=1e-4)  # both experts' activations count
 
 
 @pytest.mark.parametrize("indices, in_batch_order", [([[2, 0], [0, 1], [1, 2]], False), ([[1], [1], [1]], True),

@@ -4,7 +4,8 @@ import pytest
 import SimpleITK as sitk
 from scipy.ndimage import binary_dilation
 
-from conftest import FOLD, MOE_TRAINER, PLANS
+from covidseg.core.challenge import LESION_LABEL, case_id
+from tests.helpers import FOLD, MOE_TRAINER, PLANS
 
 
 def lesion_cases(workflow, n=1):
@@ -27,14 +28,14 @@ ENCODER_LAYER_RUN = ("moe", "gcampp", "conv_blocks_context.1")
 @pytest.fixture(scope="module", params=DEFAULT_LAYER_RUNS + [ENCODER_LAYER_RUN],
                 ids=["fullres-gcam", "moe-gcam", "moe-gcampp-encoder"])
 def gradcam_run(request, moe_workflow, tmp_path_factory):
-    """`gradcam.py` on two lesion cases."""
+    """`python -m covidseg.gradcam` on two lesion cases."""
     model, backend, layer = request.param
     inputs = tmp_path_factory.mktemp("gradcam_in")
     cases = lesion_cases(moe_workflow, n=2)
     for ct, _ in cases:
         (inputs / ct.name).symlink_to(ct)
     out = tmp_path_factory.mktemp("gradcam_out")
-    result = moe_workflow.script("gradcam.py", "--input", str(inputs), "--output", str(out), "--model", model,
+    result = moe_workflow.command("gradcam", "--input", str(inputs), "--output", str(out), "--model", model,
                                  "--backend", backend, "--disable-tta", *(["--layer", layer] if layer else []),
                                  *moe_workflow.workflow_args())
     return out, cases, result.stdout, layer
@@ -43,7 +44,7 @@ def gradcam_run(request, moe_workflow, tmp_path_factory):
 def test_maps_have_the_input_geometry_and_values_in_0_1(gradcam_run):
     out, cases, stdout, layer = gradcam_run
     for ct, _ in cases:
-        case = ct.name[:-len(".nii.gz")]
+        case = case_id(ct)
         attention = sitk.ReadImage(str(out / f"{case}_attention.nii.gz"))
         assert geometry(attention) == geometry(sitk.ReadImage(str(ct)))
         assert geometry(sitk.ReadImage(str(out / f"{case}_segmentation.nii.gz"))) == geometry(attention)
@@ -61,7 +62,7 @@ def test_attention_is_higher_inside_lesions_than_far_from_them(gradcam_run):
     """The map relates to the lesions, for both networks, with the default layer and backend."""
     out, cases, _, _ = gradcam_run
     for ct, seg in cases:
-        case = ct.name[:-len(".nii.gz")]
+        case = case_id(ct)
         attention = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{case}_attention.nii.gz")))
         lesion = sitk.GetArrayFromImage(sitk.ReadImage(str(seg))) > 0
         far = ~binary_dilation(lesion, iterations=6)
@@ -76,7 +77,7 @@ def test_gradcam_leaves_normal_prediction_untouched(moe_workflow):
     before = predict_softmax(trainer, data, do_mirroring=False)
     for backend in ("gcam", "gcampp"):
         for layer in (default_layer(trainer.network), "conv_blocks_context.1"):
-            attention = predict_attention(trainer, data, layer, backend, do_mirroring=False)
+            attention = predict_attention(trainer, data, layer, backend, LESION_LABEL, do_mirroring=False)
             assert attention.shape == (1,) + before.shape[1:]  # one map per case, also from the MoE's pairs
             assert np.isfinite(attention).all()
     after = predict_softmax(trainer, data, do_mirroring=False)
@@ -86,7 +87,7 @@ def test_gradcam_leaves_normal_prediction_untouched(moe_workflow):
 
 def test_unknown_layer_lists_the_valid_names(moe_workflow, tmp_path):
     ct, _ = lesion_cases(moe_workflow)[0]
-    result = moe_workflow.script("gradcam.py", "--input", str(ct), "--output", str(tmp_path), "--layer", "nope",
+    result = moe_workflow.command("gradcam", "--input", str(ct), "--output", str(tmp_path), "--layer", "nope",
                                  *moe_workflow.workflow_args(), expect_ok=False)
     assert result.returncode == 1
     assert "unknown or unusable Grad-CAM layer 'nope'; valid layers: conv_blocks_context.0" in result.stderr
@@ -96,16 +97,16 @@ def test_unknown_layer_lists_the_valid_names(moe_workflow, tmp_path):
 
 def test_gradcam_errors_name_the_problem(moe_workflow, tmp_path):
     ct, _ = lesion_cases(moe_workflow)[0]
-    result = moe_workflow.script("gradcam.py", "--input", str(ct), "--output", str(tmp_path), "--fold", "0",
+    result = moe_workflow.command("gradcam", "--input", str(ct), "--output", str(tmp_path), "--fold", "0",
                                  "--task", "200", "--plans", PLANS, expect_ok=False)
     assert result.returncode == 1 and "run 'make semi' first" in result.stderr
     flat = tmp_path / "flat.nii.gz"
     sitk.WriteImage(sitk.ReadImage(str(ct))[:, :, 0], str(flat))
-    result = moe_workflow.script("gradcam.py", "--input", str(flat), "--output", str(tmp_path / "o"),
+    result = moe_workflow.command("gradcam", "--input", str(flat), "--output", str(tmp_path / "o"),
                                  *moe_workflow.workflow_args(), expect_ok=False)
     assert result.returncode == 1 and "not a 3D" in result.stderr
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    result = moe_workflow.script("gradcam.py", "--input", str(ct), "--output", str(blocker / "sub"),
+    result = moe_workflow.command("gradcam", "--input", str(ct), "--output", str(blocker / "sub"),
                                  *moe_workflow.workflow_args(), expect_ok=False)
     assert result.returncode == 1 and "not writable" in result.stderr

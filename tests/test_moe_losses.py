@@ -19,8 +19,14 @@ def test_load_balancing_is_smallest_at_uniform_usage():
 
 
 def test_load_balancing_counts_every_top_k_slot():
-    usage = expert_usage(torch.tensor([[0, 1], [0, 2]]), 3)
-    assert usage.tolist() == pytest.approx([0.5, 0.25, 0.25])
+    indices = torch.tensor([[0, 1], [0, 2]])  # expert 0 is every sample's first choice; 1 and 2 are second choices
+    probs = torch.tensor([[0.5, 0.3, 0.2], [0.4, 0.2, 0.4]])
+    assert expert_usage(indices, 3).tolist() == pytest.approx([0.5, 0.25, 0.25])
+    # E * sum_i f_i P_i with f = [0.5, 0.25, 0.25] (4 assignments) and P = the mean probabilities [0.45, 0.25, 0.3]
+    expected = 3 * (0.5 * 0.45 + 0.25 * 0.25 + 0.25 * 0.3)
+    assert load_balancing_loss(indices, probs, 3).item() == pytest.approx(expected)
+    first_slot_only = 3 * (1.0 * 0.45)
+    assert load_balancing_loss(indices[:, :1], probs, 3).item() == pytest.approx(first_slot_only)
 
 
 @pytest.mark.parametrize("shape", [(2, 2, 8, 8), (2, 2, 4, 8, 8)])

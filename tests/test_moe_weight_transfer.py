@@ -2,10 +2,9 @@
 import pytest
 import torch
 
-from moe_helpers import batch, tiny_moe, tiny_unet
 from nnunet.network_architecture.moe_weight_transfer import (baseline_key_for, forced_expert_differences,
                                                              transfer_state_dict)
-from nnunet.run.load_pretrained_weights import load_pretrained_weights
+from tests.helpers import batch, tiny_moe, tiny_unet
 
 DIMS = [2, 3]
 
@@ -48,6 +47,7 @@ def test_a_baseline_of_another_shape_is_refused():
 
 
 def test_transferred_checkpoint_loads_through_load_pretrained_weights(tmp_path):
+    from nnunet.run.load_pretrained_weights import load_pretrained_weights  # patch 0004
     baseline, moe = tiny_unet(3), tiny_moe(3)
     state, _ = transfer_state_dict(baseline.state_dict(), moe)
     torch.save({"state_dict": state}, tmp_path / "init.model")
@@ -58,6 +58,7 @@ def test_transferred_checkpoint_loads_through_load_pretrained_weights(tmp_path):
 
 
 def test_load_pretrained_weights_names_what_does_not_fit(tmp_path):
+    from nnunet.run.load_pretrained_weights import load_pretrained_weights  # patch 0004
     torch.save({"state_dict": tiny_unet(3).state_dict()}, tmp_path / "baseline.model")
     with pytest.raises(RuntimeError, match="experts.0.tu.0.weight"):
         load_pretrained_weights(tiny_moe(3), str(tmp_path / "baseline.model"))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FOLD, PLANS
+from tests.helpers import FOLD, PLANS
 
 MOE = dict(num_experts=3, top_k=2, lambda_max=0.3, warmup_epochs=0, rampup_epochs=1, balance_alpha=0.01)
 
@@ -45,8 +45,11 @@ def test_lookup_finds_the_trainer_like_nnunet_train_does():
     assert found is not None and found.__name__ == "nnUNetTrainerV2_moe"
 
 
-def test_cpu_training_runs_in_fp32(trainer):
-    assert trainer.fp16 is False and trainer.amp_grad_scaler is None
+def test_mixed_precision_follows_the_device(trainer):
+    """fp16 was asked for: it is on with a grad scaler where CUDA is, and off (fp32) on a CPU."""
+    cuda = torch.cuda.is_available()
+    assert trainer.fp16 is cuda
+    assert (trainer.amp_grad_scaler is not None) is cuda
 
 
 def test_iterations_use_unlabelled_batches_update_the_gate_and_let_identical_experts_diverge(trainer):

@@ -1,38 +1,38 @@
-"""Behaviour that patches/ gives the pinned nnU-Net on a CPU-only torch."""
+"""What patches/ gives the pinned nnU-Net: each test here fails on the unpatched 1.6.6 tree (the patch headers
+name them). Tests about the CPU path hide CUDA, so they check the same thing with or without a GPU."""
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
-from nnunet.network_architecture.generic_UNet import Generic_UNet
-from nnunet.network_architecture.initialization import InitWeights_He
-from nnunet.run.run_training import apply_training_length_from_environment
 from nnunet.training.network_training.network_trainer import NetworkTrainer
 from nnunet.utilities.to_torch import to_cuda
+from tests.helpers import tiny_plan
 
-pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")
+
+@pytest.fixture
+def no_cuda(monkeypatch):
+    """This process sees no GPU, as on a CPU-only machine."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
 
-def tiny_unet(dim: int) -> Generic_UNet:
-    conv, norm, drop = (nn.Conv3d, nn.InstanceNorm3d, nn.Dropout3d) if dim == 3 else \
-        (nn.Conv2d, nn.InstanceNorm2d, nn.Dropout2d)
-    pool = [[2] * dim] * 2
-    kernels = [[3] * dim] * 3
-    net = Generic_UNet(1, 4, 2, 2, 2, 2, conv, norm, {"eps": 1e-5, "affine": True}, drop, {"p": 0, "inplace": True},
-                       nn.LeakyReLU, {"negative_slope": 1e-2, "inplace": True}, True, False, lambda x: x,
-                       InitWeights_He(1e-2), pool, kernels, False, True, True)
+def tiny_cpu_unet(dim: int):
+    from nnunet.network_architecture.unet_factory import generic_unet
+    net = generic_unet(**tiny_plan(dim, num_pool=2), deep_supervision=False)
     net.inference_apply_nonlin = lambda x: torch.softmax(x, 1)
-    net.do_ds = False
     return net.eval()
 
 
-def test_get_device_reports_cpu():
-    assert tiny_unet(3).get_device() == "cpu"
+# ------------------------------------------------------------------ 0001 CPU fallback
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_get_device_reports_cpu(dim):
+    assert tiny_cpu_unet(dim).get_device() == "cpu"
 
 
 @pytest.mark.parametrize("dim,patch", [(2, (16, 16)), (3, (8, 16, 16))])
 def test_sliding_window_prediction_runs_on_the_cpu(dim, patch):
-    net = tiny_unet(dim)
+    """A network on the CPU predicts there, whether or not a GPU exists."""
+    net = tiny_cpu_unet(dim)
     image = np.random.RandomState(0).randn(1, 10, 24, 20).astype(np.float32)
     seg, softmax = net.predict_3D(image, do_mirroring=True, mirror_axes=tuple(range(dim)), use_sliding_window=True,
                                   step_size=0.5, patch_size=patch, use_gaussian=True)
@@ -41,13 +41,13 @@ def test_sliding_window_prediction_runs_on_the_cpu(dim, patch):
     assert np.allclose(softmax.sum(0), 1, atol=1e-4)
 
 
-def test_to_cuda_is_a_no_op_without_cuda():
+def test_to_cuda_is_a_no_op_without_cuda(no_cuda):
     tensor = torch.ones(2)
     assert to_cuda(tensor) is tensor
     assert to_cuda([tensor], gpu_id="cpu")[0] is tensor
 
 
-def test_fp16_is_switched_off_without_cuda(tmp_path):
+def test_fp16_is_switched_off_without_cuda(no_cuda, tmp_path):
     trainer = NetworkTrainer(deterministic=False, fp16=True)
     trainer.output_folder = str(tmp_path)
     trainer._maybe_init_amp()
@@ -56,7 +56,27 @@ def test_fp16_is_switched_off_without_cuda(tmp_path):
     assert "mixed precision (fp16) is disabled" in log
 
 
+# ------------------------------------------------------------------ 0002 torch>=2.6 checkpoint loading
+
+def test_nnunet_loads_its_own_checkpoint_with_numpy_values(tmp_path):
+    """nnU-Net's checkpoints hold numpy values (training curves, best epoch); torch>=2.6's weights_only default
+    refuses them."""
+    checkpoint = tmp_path / "model_latest.model"
+    torch.save({"epoch": 3, "state_dict": {"w": torch.ones(2)},
+                "plot_stuff": ([np.float64(0.5)], [np.float64(0.4)], [], [np.float64(0.1)]),
+                "best_stuff": (np.int64(2), np.float64(0.1), np.float64(0.1), np.float64(0.1))}, checkpoint)
+    trainer = NetworkTrainer(deterministic=False, fp16=False)
+    trainer.output_folder, trainer.was_initialized = str(tmp_path), True
+    loaded = {}
+    trainer.load_checkpoint_ram = lambda saved, train=True: loaded.update(saved)
+    trainer.load_checkpoint(str(checkpoint), train=False)
+    assert loaded["epoch"] == 3 and loaded["best_stuff"][0] == 2
+
+
+# ------------------------------------------------------------------ 0003 training length from the environment
+
 def test_training_length_comes_from_the_environment(monkeypatch):
+    from nnunet.run.run_training import apply_training_length_from_environment
     trainer = NetworkTrainer(deterministic=False, fp16=False)
     defaults = (trainer.max_num_epochs, trainer.num_batches_per_epoch, trainer.num_val_batches_per_epoch)
     monkeypatch.setenv("nnUNet_max_num_epochs", "3")
@@ -69,6 +89,7 @@ def test_training_length_comes_from_the_environment(monkeypatch):
 
 @pytest.mark.parametrize("value", ["0", "-2", "ten", "1.5"])
 def test_a_bad_training_length_is_refused(monkeypatch, value):
+    from nnunet.run.run_training import apply_training_length_from_environment
     monkeypatch.setenv("nnUNet_max_num_epochs", value)
     with pytest.raises(ValueError, match="nnUNet_max_num_epochs must be a positive integer"):
         apply_training_length_from_environment(NetworkTrainer(deterministic=False, fp16=False))

@@ -3,14 +3,15 @@ import csv
 import shutil
 
 import pytest
+import SimpleITK as sitk
 
-from conftest import MOE_TRAINER, TASK_NAME, run_env, run_script
+from tests.helpers import MOE_TRAINER, TASK_NAME, run_command, run_env
 
 
 @pytest.fixture(scope="module")
 def report(moe_workflow, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
-    result = moe_workflow.script("report.py", *moe_workflow.workflow_args(), "--moe-trainer", MOE_TRAINER,
+    result = moe_workflow.command("report", *moe_workflow.workflow_args(), "--moe-trainer", MOE_TRAINER,
                                  "--output", str(out))
     return out, result.stdout
 
@@ -46,14 +47,16 @@ def test_missing_model_and_lacking_cases_are_reported(moe_workflow, tmp_path):
     results, references = tmp_path / "results", tmp_path / "preprocessed" / TASK_NAME / "gt_segmentations"
     shutil.copytree(moe_workflow.root / "results", results)
     shutil.copytree(moe_workflow.preprocessed_task / "gt_segmentations", references)
-    for moe in results.rglob(f"{MOE_TRAINER}__*"):
+    moe_models = list(results.rglob(f"{MOE_TRAINER}__*"))
+    assert moe_models, "the fixture trained an MoE"
+    for moe in moe_models:
         shutil.rmtree(moe)
     fullres = next(results.rglob("3d_fullres/*/nnUNetTrainerV2__*/fold_4/validation_raw"))
     case = next(fullres.glob("*.nii.gz"))
     shutil.copy(case, fullres / "extra_case.nii.gz")
     shutil.copy(references / case.name, references / "extra_case.nii.gz")
     env = dict(moe_workflow.env, RESULTS_FOLDER=str(results), nnUNet_preprocessed=str(tmp_path / "preprocessed"))
-    out = run_script("report.py", *moe_workflow.workflow_args(), "--output", str(tmp_path / "r"), env=env).stdout
+    out = run_command("report", *moe_workflow.workflow_args(), "--output", str(tmp_path / "r"), env=env).stdout
     assert "moe: missing" in out
     assert "lowres: lacks 1 case(s) the others have: extra_case" in out
     assert "ensemble: lacks 1 case(s)" in out and "fullres: lacks" not in out
@@ -65,5 +68,22 @@ def test_report_without_any_model_names_the_target(tmp_path):
     env = run_env(nnUNet_raw_data_base=tmp_path / "raw", nnUNet_preprocessed=tmp_path / "pre",
                   RESULTS_FOLDER=tmp_path / "res")
 
-    result = run_script("report.py", "--task", "200", "--output", str(tmp_path / "r"), env=env, expect_ok=False)
+    result = run_command("report", "--task", "200", "--output", str(tmp_path / "r"), env=env, expect_ok=False)
     assert result.returncode == 1 and "run 'make baseline'" in result.stderr
+
+
+def test_a_prediction_on_another_grid_is_an_error_naming_the_file(moe_workflow, tmp_path):
+    """A library exception (grid mismatch) reaches the user as one ERROR line naming the file, not a traceback."""
+    results, references = tmp_path / "results", tmp_path / "preprocessed" / TASK_NAME / "gt_segmentations"
+    shutil.copytree(moe_workflow.root / "results", results)
+    shutil.copytree(moe_workflow.preprocessed_task / "gt_segmentations", references)
+    fullres = next(results.rglob("3d_fullres/*/nnUNetTrainerV2__*/fold_4/validation_raw"))
+    case = next(fullres.glob("*.nii.gz"))
+    image = sitk.ReadImage(str(case))
+    sitk.WriteImage(image[:, :, 1:], str(case))  # one slice fewer than its reference
+    env = dict(moe_workflow.env, RESULTS_FOLDER=str(results), nnUNet_preprocessed=str(tmp_path / "preprocessed"))
+    result = run_command("report", *moe_workflow.workflow_args(), "--output", str(tmp_path / "r"), env=env,
+                         expect_ok=False)
+    assert result.returncode == 1 and result.stderr.startswith("ERROR:")
+    assert str(case) in result.stderr and "differs from the reference" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,4 +1,5 @@
-"""make weights / semi / predict through their scripts and nnU-Net's CLI, on the tiny trained baseline."""
+"""make weights / semi / predict through their commands (python -m covidseg.<target>) and nnU-Net's CLI, on the
+tiny trained baseline."""
 import subprocess
 
 import numpy as np
@@ -6,7 +7,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import FOLD, MOE_TRAINER, PLANS, TASK
+from covidseg.core.challenge import case_id
+from tests.helpers import FOLD, MOE_TRAINER, PLANS, TASK, run_command
 
 
 def geometry(path):
@@ -25,8 +27,19 @@ def test_weights_reports_the_copy_and_the_forced_expert_equality(moe_workflow):
 
 
 def test_weights_again_keeps_the_existing_file(moe_workflow):
-    out = moe_workflow.script("moe_weights.py", *moe_workflow.workflow_args()).stdout
+    out = moe_workflow.command("weights", *moe_workflow.workflow_args()).stdout
     assert "exists; keeping it" in out
+
+
+def test_weights_with_impossible_moe_settings_is_a_user_error(moe_workflow):
+    init = next((moe_workflow.root / "results").rglob("moe_init_fold_*.model"))
+    before = init.read_bytes()
+    result = run_command("weights", *moe_workflow.workflow_args(), "--force", env=dict(moe_workflow.env, MOE_TOP_K="4"),
+                         expect_ok=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("ERROR: the MoE settings") and "top_k must be in [1, num_experts=3], got 4" in \
+        result.stderr
+    assert init.read_bytes() == before  # nothing was written
 
 
 def test_semi_trains_from_the_baseline_and_validates(moe_workflow):
@@ -46,7 +59,9 @@ def test_nnunet_predict_with_the_moe_trainer_keeps_the_geometry(moe_workflow, tm
                              "3d_fullres", "-p", PLANS, "-tr", MOE_TRAINER, "-f", str(FOLD), "--disable_tta"],
                             env=moe_workflow.env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
-    for image in images.glob("*_0000.nii.gz"):
+    inputs = sorted(images.glob("*_0000.nii.gz"))
+    assert inputs
+    for image in inputs:
         assert geometry(tmp_path / image.name.replace("_0000", "")) == geometry(image)
 
 
@@ -54,37 +69,40 @@ def test_nnunet_predict_with_the_moe_trainer_keeps_the_geometry(moe_workflow, tm
 def test_make_predict_segments_a_folder_with_any_file_names(moe_workflow, tmp_path, model):
     download = moe_workflow.root / "download" / "Validation"
     out = tmp_path / "segmentations"
-    moe_workflow.script("predict.py", "--input", str(download), "--output", str(out), "--model", model,
+    moe_workflow.command("predict", "--input", str(download), "--output", str(out), "--model", model,
                         "--disable-tta", *moe_workflow.workflow_args())
-    for ct in download.glob("*_ct.nii.gz"):
-        segmentation = out / ct.name
+    cts = sorted(download.glob("*_ct.nii.gz"))
+    assert len(cts) == 2
+    # <case>.nii.gz: the challenge's case id, as in the converted task and nnU-Net's own outputs
+    assert sorted(p.name for p in out.iterdir()) == [f"{case_id(ct)}.nii.gz" for ct in cts]
+    for ct in cts:
+        segmentation = out / f"{case_id(ct)}.nii.gz"
         assert geometry(segmentation) == geometry(ct)
         assert set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(segmentation))))) <= {0, 1}
-    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in download.glob("*_ct.nii.gz"))
 
 
 def test_make_predict_refuses_to_overwrite_and_names_bad_input(moe_workflow, tmp_path):
     ct = next((moe_workflow.root / "download" / "Validation").glob("*_ct.nii.gz"))
     out = tmp_path / "out"
     out.mkdir()
-    (out / ct.name).write_text("my earlier result")
-    result = moe_workflow.script("predict.py", "--input", str(ct), "--output", str(out), "--disable-tta",
+    (out / f"{case_id(ct)}.nii.gz").write_text("my earlier result")
+    result = moe_workflow.command("predict", "--input", str(ct), "--output", str(out), "--disable-tta",
                                  *moe_workflow.workflow_args(), expect_ok=False)
     assert result.returncode == 1 and "FORCE=1" in result.stderr
-    assert (out / ct.name).read_text() == "my earlier result"
+    assert (out / f"{case_id(ct)}.nii.gz").read_text() == "my earlier result"
 
     flat = tmp_path / "flat.nii.gz"
     sitk.WriteImage(sitk.ReadImage(str(ct))[:, :, 0], str(flat))
-    result = moe_workflow.script("predict.py", "--input", str(flat), "--output", str(tmp_path / "o2"),
+    result = moe_workflow.command("predict", "--input", str(flat), "--output", str(tmp_path / "o2"),
                                  *moe_workflow.workflow_args(), expect_ok=False)
     assert result.returncode == 1 and "flat.nii.gz: not a 3D" in result.stderr
 
 
 def test_missing_prerequisites_name_the_target_to_run(workflow, tmp_path):
-    result = workflow.script("predict.py", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--model",
+    result = workflow.command("predict", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--model",
                              "moe", "--task", str(TASK), "--fold", "0", "--plans", PLANS, expect_ok=False)
     assert result.returncode == 1 and "run 'make semi' first" in result.stderr
-    result = workflow.script("moe_weights.py", "--task", str(TASK), "--fold", "0", "--plans", PLANS, expect_ok=False)
+    result = workflow.command("weights", "--task", str(TASK), "--fold", "0", "--plans", PLANS, expect_ok=False)
     assert result.returncode == 1 and "run 'make baseline' first" in result.stderr
-    result = workflow.script("semi.py", "--task", str(TASK), "--fold", "0", "--plans", PLANS, expect_ok=False)
+    result = workflow.command("semi", "--task", str(TASK), "--fold", "0", "--plans", PLANS, expect_ok=False)
     assert result.returncode == 1 and "run 'make weights' first" in result.stderr

@@ -5,7 +5,7 @@ import pickle
 import numpy as np
 from batchgenerators.utilities.file_and_folder_operations import load_pickle
 
-from conftest import PLANS
+from tests.helpers import PLANS
 
 
 def test_every_unlabelled_case_is_preprocessed_for_every_stage(workflow):
@@ -20,7 +20,9 @@ def test_every_unlabelled_case_is_preprocessed_for_every_stage(workflow):
 def test_unlabelled_files_hold_no_label_information(workflow):
     split = json.loads((workflow.raw_task / "split.json").read_text())
     unlabeled = set(split["unlabeled_from_train"])
-    for npz in (workflow.preprocessed_task / "unlabeled").rglob("*.npz"):
+    files = sorted((workflow.preprocessed_task / "unlabeled").rglob("*.npz"))
+    assert len(files) == 2 * len(unlabeled)  # both stages of the plans
+    for npz in files:
         data = np.load(npz)["data"]
         assert data.shape[0] == 2 and np.all(data[-1] == -1)  # image channel + an all "no label" channel
         with open(npz.with_suffix(".pkl"), "rb") as f:

@@ -1,11 +1,11 @@
 """Grad-CAM attention maps of a trained nnU-Net model (baseline Generic_UNet or Generic_UNet_MoE) with medcam.
 
 As in the seed workflow, medcam's `inject` wraps the trained network so that its forward pass returns the
-attention map of a layer for the lesion class instead of the logits; here the wrapped network then goes
-through nnU-Net's own preprocessing and sliding-window prediction (Gaussian-weighted stitching, optional
-mirroring), and the stitched map is resampled back to the original grid the way nnU-Net resamples a
-softmax (same resampling, same crop box, same spacing/origin/direction). medcam's own files are never
-written or used: they have reversed axes and an identity affine.
+attention map of a layer for one class (the workspace asks for the lesion) instead of the logits; here the
+wrapped network then goes through nnU-Net's own preprocessing and sliding-window prediction
+(Gaussian-weighted stitching, optional mirroring), and the stitched map is resampled back to the original
+grid the way nnU-Net resamples a softmax (same resampling, same crop box, same spacing/origin/direction).
+medcam's own files are never written or used: they have reversed axes and an identity affine.
 
 Nothing is patched globally: `inject` returns a shallow copy of the network, which is only used while
 the maps are computed; the trainer gets its own network back afterwards.
@@ -29,7 +29,6 @@ from nnunet.preprocessing.preprocessing import get_do_separate_z, get_lowres_axi
 from nnunet.training.model_restore import load_model_and_checkpoint_files
 
 BACKENDS = ("gcam", "gcampp")
-LESION_LABEL = 1
 
 
 def default_layer(network) -> str:
@@ -83,15 +82,15 @@ def check_layer(network, layer: str, patch_size) -> None:
         raise ValueError(f"unknown or unusable Grad-CAM layer '{layer}'; valid layers: {', '.join(valid)}")
 
 
-def lesion_logit_network(network):
-    """Shallow copy of `network` (same modules and weights) whose forward returns only the lesion logit.
+def class_logit_network(network, label: int):
+    """Shallow copy of `network` (same modules and weights) whose forward returns only the logit of class `label`.
 
     medcam 0.1.22's Grad-CAM++ weighs gradients with the masked logits and fails when the output has more
     channels than one; with a single output channel both backends work, and Grad-CAM backpropagates
-    exactly what label=1 on the full output would (the lesion logits).
+    exactly what `label` on the full output would (that class's logits).
     """
     single = copy.copy(network)
-    single.forward = lambda x: network.forward(x)[:, LESION_LABEL:LESION_LABEL + 1]
+    single.forward = lambda x: network.forward(x)[:, label:label + 1]
     return single
 
 
@@ -102,12 +101,13 @@ def per_sample_maps(network, layer: str, maps: torch.Tensor) -> torch.Tensor:
     return maps
 
 
-def attention_network(network, layer: str, backend: str):
-    """medcam-injected shallow copy of `network` whose forward returns the lesion attention map (B, 1, ...)."""
+def attention_network(network, layer: str, backend: str, label: int):
+    """medcam-injected shallow copy of `network` whose forward returns the attention map of class `label`
+    (B, 1, ...)."""
     from medcam import medcam
     if backend not in BACKENDS:
         raise ValueError(f"unknown Grad-CAM backend '{backend}'; choose one of {', '.join(BACKENDS)}")
-    injected = medcam.inject(lesion_logit_network(network), backend=backend, layer=layer, label=0, replace=True)
+    injected = medcam.inject(class_logit_network(network, label), backend=backend, layer=layer, label=0, replace=True)
     injected.inference_apply_nonlin = lambda x: x  # nnU-Net would softmax the 1-channel map otherwise
     # medcam min-max normalises every map it makes, here every sliding-window tile on its own, which would
     # stretch a lesion-free tile to full brightness. Its backend instance of this copy (and only that
@@ -126,12 +126,13 @@ def predict_softmax(trainer, data: np.ndarray, do_mirroring: bool) -> np.ndarray
     return softmax.transpose([0] + [i + 1 for i in trainer.plans['transpose_backward']])
 
 
-def predict_attention(trainer, data: np.ndarray, layer: str, backend: str, do_mirroring: bool) -> np.ndarray:
+def predict_attention(trainer, data: np.ndarray, layer: str, backend: str, label: int,
+                      do_mirroring: bool) -> np.ndarray:
     """The stitched attention map (1, ...) of preprocessed data, in the original axis order, scaled to [0, 1]
     by its maximum over the whole volume."""
     network, do_ds = trainer.network, trainer.network.do_ds
     network.do_ds = False  # the copies call this network's forward: full-resolution output only
-    trainer.network = attention_network(network, layer, backend)
+    trainer.network = attention_network(network, layer, backend, label)
     try:
         stitched = predict_softmax(trainer, data, do_mirroring)
     finally:

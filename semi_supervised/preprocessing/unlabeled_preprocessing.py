@@ -1,6 +1,6 @@
 """Preprocess a task's unlabelled pool with the task's own plans.
 
-The raw task (scripts/COVID_19_20.py) keeps unlabelled CTs in `imagesUnlabeled/`. This runs each of
+The raw task (`make convert`) keeps unlabelled CTs in `imagesUnlabeled/`. This runs each of
 them through the same cropping, resampling (per plan stage) and normalisation that nnU-Net applies to
 a case it predicts (GenericPreprocessor.preprocess_test_case, with the plans' normalisation scheme,
 transposition and intensity statistics), and writes nnU-Net's preprocessed format beside the labelled

@@ -27,26 +27,21 @@ import os
 from dataclasses import asdict, dataclass, fields
 from typing import List, NamedTuple, Optional
 
-import matplotlib
+import numpy as np
+import torch
+from torch.cuda.amp import autocast
 
-matplotlib.use("agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.cuda.amp import autocast  # noqa: E402
-
-from nnunet.network_architecture.generic_UNet_MoE import Generic_UNet_MoE, MoEOutput  # noqa: E402
-from nnunet.network_architecture.initialization import InitWeights_He  # noqa: E402
-from nnunet.preprocessing.unlabeled_preprocessing import unlabeled_stage_folder  # noqa: E402
-from nnunet.training.data_augmentation.default_data_augmentation import get_moreDA_augmentation  # noqa: E402
-from nnunet.training.dataloading.dataset_loading import DataLoader3D, DataLoader2D, load_dataset, \
-    unpack_dataset  # noqa: E402
+from nnunet.network_architecture.generic_UNet_MoE import MoEOutput
+from nnunet.network_architecture.unet_factory import generic_unet_moe
+from nnunet.preprocessing.unlabeled_preprocessing import unlabeled_stage_folder
+from nnunet.training.data_augmentation.default_data_augmentation import get_moreDA_augmentation
+from nnunet.training.dataloading.dataset_loading import DataLoader3D, DataLoader2D, load_dataset, unpack_dataset
 from nnunet.training.loss_functions.moe_losses import (consistency_weight, expert_usage, load_balancing_loss,
-                                                       pairwise_consistency_loss)  # noqa: E402
-from nnunet.training.network_training.nnUNetTrainerV2 import nnUNetTrainerV2  # noqa: E402
-from nnunet.utilities.nd_softmax import softmax_helper  # noqa: E402
-from nnunet.utilities.to_torch import maybe_to_torch, to_cuda  # noqa: E402
+                                                       pairwise_consistency_loss)
+from nnunet.training.network_training.nnUNetTrainerV2 import nnUNetTrainerV2
+from nnunet.utilities.moe_progress import plot_moe_progress
+from nnunet.utilities.nd_softmax import softmax_helper
+from nnunet.utilities.to_torch import maybe_to_torch, to_cuda
 
 
 @dataclass
@@ -101,14 +96,10 @@ class nnUNetTrainerV2_moe(nnUNetTrainerV2):
 
     # ------------------------------------------------------------------ setup
     def initialize_network(self):
-        conv_op, dropout_op, norm_op = (nn.Conv3d, nn.Dropout3d, nn.InstanceNorm3d) if self.threeD else \
-            (nn.Conv2d, nn.Dropout2d, nn.InstanceNorm2d)
-        self.network = Generic_UNet_MoE(
-            self.num_input_channels, self.base_num_features, self.num_classes, len(self.net_num_pool_op_kernel_sizes),
-            self.conv_per_stage, 2, conv_op, norm_op, {'eps': 1e-5, 'affine': True}, dropout_op,
-            {'p': 0, 'inplace': True}, nn.LeakyReLU, {'negative_slope': 1e-2, 'inplace': True}, True, False,
-            lambda x: x, InitWeights_He(1e-2), self.net_num_pool_op_kernel_sizes, self.net_conv_kernel_sizes,
-            False, True, True,
+        self.network = generic_unet_moe(
+            num_input_channels=self.num_input_channels, base_num_features=self.base_num_features,
+            num_classes=self.num_classes, pool_op_kernel_sizes=self.net_num_pool_op_kernel_sizes,
+            conv_kernel_sizes=self.net_conv_kernel_sizes, conv_per_stage=self.conv_per_stage,
             num_experts=self.moe.num_experts, top_k=self.moe.top_k, inference_top_k=inference_top_k_from_environment())
         if torch.cuda.is_available():
             self.network.cuda()
@@ -223,26 +214,5 @@ class nnUNetTrainerV2_moe(nnUNetTrainerV2):
                 self.moe_log = [e for e in json.load(f) if e["epoch"] < self.epoch]
 
     def plot_moe_progress(self):
-        """moe_progress.png beside nnU-Net's progress.png: losses, lambda and expert usage per epoch."""
-        epochs = [e["epoch"] for e in self.moe_log]
-        fig, (ax_loss, ax_usage) = plt.subplots(2, 1, figsize=(9, 8), sharex=True)
-        ax_loss.plot(epochs, [e["supervised"] for e in self.moe_log], label="supervised (DC+CE)")
-        ax_loss.plot(epochs, [e["consistency"] for e in self.moe_log], label="consistency (CPS)")
-        ax_loss.plot(epochs, [e["balance"] for e in self.moe_log], label="load balance", alpha=0.6)
-        ax_lambda = ax_loss.twinx()
-        ax_lambda.plot(epochs, [e["lambda"] for e in self.moe_log], "k--", label="lambda")
-        ax_lambda.set_ylabel("lambda")
-        ax_loss.set_ylabel("loss")
-        ax_loss.legend(loc="upper left")
-        ax_lambda.legend(loc="upper right")
-        usage = np.array([e["usage"] for e in self.moe_log])
-        for expert in range(usage.shape[1]):
-            ax_usage.plot(epochs, usage[:, expert], label=f"expert {expert}")
-        ax_usage.axhline(1.0 / usage.shape[1], color="grey", lw=0.8, ls=":")
-        ax_usage.set_ylabel("fraction of routing")
-        ax_usage.set_xlabel("epoch")
-        ax_usage.set_ylim(0, 1)
-        ax_usage.legend()
-        fig.tight_layout()
-        fig.savefig(os.path.join(self.output_folder, "moe_progress.png"))
-        plt.close(fig)
+        """moe_progress.png beside nnU-Net's progress.png."""
+        plot_moe_progress(self.moe_log, os.path.join(self.output_folder, "moe_progress.png"))

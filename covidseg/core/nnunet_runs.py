@@ -10,7 +10,9 @@ from typing import Dict, List
 
 import numpy as np
 
-from workspace import model_dir, run
+from covidseg.core.errors import translate_errors
+from covidseg.core.workspace import model_dir, run
+from covidseg.evaluation.metrics import CaseFileError, dice_per_case
 
 
 def has_npz_validation(folder: Path) -> bool:
@@ -36,6 +38,12 @@ def train_or_resume(configuration: str, task_id: int, task: str, trainer: str, p
     else:
         run(command + list(first_start_args))
     return folder
+
+
+def validation_dice(predictions: Path, references: Path) -> Dict[str, float]:
+    """case -> Dice of every validation prediction in `predictions` against nnU-Net's reference segmentations."""
+    with translate_errors(CaseFileError, context=f"cannot score the predictions in {predictions}"):
+        return dice_per_case(predictions, references)
 
 
 def print_and_save_dice_table(results: Dict[str, Dict[str, float]], csv_path: Path) -> None:

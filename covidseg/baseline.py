@@ -10,11 +10,12 @@ Trained configurations are skipped and interrupted ones resumed (see nnunet_runs
 """
 import argparse
 from pathlib import Path
+from typing import Optional, Sequence
 
-from nnunet_runs import print_and_save_dice_table, train_or_resume
-from segmentation_metrics import dice_per_case
-from workspace import (WorkflowError, add_model_arguments, configurations, ensemble_dir, ground_truth_dir, load_plans,
-                       main_guard, run, task_name)
+from covidseg.core.errors import WorkflowError, main_guard
+from covidseg.core.nnunet_runs import print_and_save_dice_table, train_or_resume, validation_dice
+from covidseg.core.workspace import (add_model_arguments, configurations, ensemble_dir, ground_truth_dir, load_plans,
+                                     run, task_name)
 
 
 def ensemble(fullres: Path, lowres: Path, output: Path) -> None:
@@ -22,11 +23,11 @@ def ensemble(fullres: Path, lowres: Path, output: Path) -> None:
     run(["nnUNet_ensemble", "-f", str(lowres / "validation_raw"), str(fullres / "validation_raw"), "-o", str(output)])
 
 
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_model_arguments(parser, moe=False)
     parser.add_argument("--force", action="store_true", help="retrain configurations that are already trained")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     task = task_name(args.task)
     plans = load_plans(task, args.plans)
@@ -39,12 +40,12 @@ def main() -> None:
               "continuing with 3d_fullres only.")
 
     references = ground_truth_dir(task)
-    results = {"fullres": dice_per_case(trained["3d_fullres"] / "validation_raw", references)}
+    results = {"fullres": validation_dice(trained["3d_fullres"] / "validation_raw", references)}
     if "3d_lowres" in trained:
         output = ensemble_dir(task, args.trainer, args.plans, args.fold)
         ensemble(trained["3d_fullres"], trained["3d_lowres"], output)
-        results["lowres"] = dice_per_case(trained["3d_lowres"] / "validation_raw", references)
-        results["ensemble"] = dice_per_case(output, references)
+        results["lowres"] = validation_dice(trained["3d_lowres"] / "validation_raw", references)
+        results["ensemble"] = validation_dice(output, references)
     if not results["fullres"]:
         raise WorkflowError(f"no validation predictions in {trained['3d_fullres'] / 'validation_raw'}")
     print_and_save_dice_table(results, trained["3d_fullres"].parent.parent / f"baseline_dice_fold_{args.fold}.csv")

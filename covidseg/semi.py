@@ -6,18 +6,19 @@ The initialisation comes from `make weights`; the unlabelled pool from `make pre
 validation Dice of the baseline 3d_fullres model and of the MoE on the same cases.
 """
 import argparse
+from typing import Optional, Sequence
 
-from moe_weights import moe_init_file
-from nnunet_runs import print_and_save_dice_table, train_or_resume
-from segmentation_metrics import dice_per_case
-from workspace import WorkflowError, add_model_arguments, ground_truth_dir, load_plans, main_guard, model_dir, task_name
+from covidseg.core.errors import WorkflowError, main_guard
+from covidseg.core.nnunet_runs import print_and_save_dice_table, train_or_resume, validation_dice
+from covidseg.core.workspace import (add_model_arguments, ground_truth_dir, load_plans, model_dir, moe_init_file,
+                                     task_name)
 
 
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_model_arguments(parser)
     parser.add_argument("--force", action="store_true", help="retrain the MoE from its initialisation")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     task = task_name(args.task)
     load_plans(task, args.plans)  # names 'make preprocess' when missing
@@ -28,10 +29,10 @@ def main() -> None:
                           first_start_args=["-pretrained_weights", str(init)])
 
     references = ground_truth_dir(task)
-    results = {"moe": dice_per_case(moe / "validation_raw", references)}
+    results = {"moe": validation_dice(moe / "validation_raw", references)}
     baseline = model_dir("3d_fullres", task, args.trainer, args.plans, args.fold) / "validation_raw"
     if list(baseline.glob("*.nii.gz")):
-        results = {"fullres": dice_per_case(baseline, references), **results}
+        results = {"fullres": validation_dice(baseline, references), **results}
     if not results["moe"]:
         raise WorkflowError(f"no validation predictions in {moe / 'validation_raw'}")
     print_and_save_dice_table(results, moe.parent / f"moe_vs_baseline_dice_fold_{args.fold}.csv")

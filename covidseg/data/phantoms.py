@@ -1,4 +1,4 @@
-"""Write a synthetic COVID-19-20 download, in exactly the challenge's layout.
+"""Synthetic COVID-19-20 downloads, in exactly the challenge's layout (the library behind `make synthetic`).
 
     <out>/COVID-19-20_TrainValidation.xlsx   sheets "Train set" and "Validation set", column FILENAME
     <out>/Train/<name>_ct.nii.gz             CT in Hounsfield units (int16)
@@ -13,8 +13,6 @@ anisotropic (5 mm slices, like the challenge's). Deterministic for a given seed.
 The real scans are about 512x512x62 at 0.74x0.74x5 mm; the defaults here are small enough for a CPU
 demo (in-plane size and spacing are options).
 """
-import argparse
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Tuple
@@ -24,10 +22,8 @@ import pandas as pd
 import SimpleITK as sitk
 from scipy.ndimage import gaussian_filter
 
-WORKBOOK_NAME = "COVID-19-20_TrainValidation.xlsx"
-TRAIN_SHEET = "Train set"
-VALIDATION_SHEET = "Validation set"
-FILENAME_COLUMN = "FILENAME"
+from covidseg.core.challenge import (CT_SUFFIX, FILENAME_COLUMN, LESION_LABEL, TRAIN_FOLDER, TRAIN_SHEET,
+                                     VALIDATION_FOLDER, VALIDATION_SHEET, WORKBOOK_NAME, ct_file, seg_file)
 
 HU_AIR, HU_LUNG, HU_TISSUE, HU_BONE = -1000.0, -850.0, 40.0, 500.0
 
@@ -67,7 +63,7 @@ def make_anatomy(shape, rng: np.random.RandomState):
 
 
 def add_lesions(hu: np.ndarray, lungs: np.ndarray, n_lesions: int, rng: np.random.RandomState) -> np.ndarray:
-    """Paint ground-glass and consolidation blobs inside the lungs; return the lesion mask (uint8)."""
+    """Paint ground-glass and consolidation blobs inside the lungs; return the lesion mask (uint8, LESION_LABEL)."""
     mask = np.zeros(hu.shape, dtype=bool)
     lung_voxels = np.argwhere(lungs)
     for i in range(n_lesions):
@@ -77,7 +73,7 @@ def add_lesions(hu: np.ndarray, lungs: np.ndarray, n_lesions: int, rng: np.rando
         consolidation = rng.rand() < 0.35
         hu[blob] = rng.uniform(-100, 50) if consolidation else rng.uniform(-600, -300)
         mask |= blob
-    return mask.astype(np.uint8)
+    return mask.astype(np.uint8) * LESION_LABEL
 
 
 def make_case(settings: PhantomSettings, rng: np.random.RandomState, with_lesions: bool):
@@ -111,8 +107,8 @@ def write_download(out: Path, n_train: int, n_validation: int, seed: int,
                    settings: PhantomSettings = PhantomSettings()) -> Tuple[List[str], List[str]]:
     """Write the whole download into ``out``; return the train and validation names."""
     rng = np.random.RandomState(seed)
-    (out / "Train").mkdir(parents=True, exist_ok=True)
-    (out / "Validation").mkdir(parents=True, exist_ok=True)
+    (out / TRAIN_FOLDER).mkdir(parents=True, exist_ok=True)
+    (out / VALIDATION_FOLDER).mkdir(parents=True, exist_ok=True)
     numbers = 3 + np.sort(rng.choice(900, size=n_train + n_validation, replace=False))
     train_names = [case_name(n) for n in numbers[:n_train]]
     validation_names = [case_name(n) for n in numbers[n_train:]]
@@ -120,43 +116,14 @@ def write_download(out: Path, n_train: int, n_validation: int, seed: int,
     for i, name in enumerate(train_names + validation_names):
         with_lesions = (i + 1) % settings.lesion_free_every != 0
         ct, seg = make_case(settings, rng, with_lesions)
-        folder = "Train" if name in train_names else "Validation"
-        sitk.WriteImage(ct, str(out / folder / f"{name}_ct.nii.gz"))
-        if folder == "Train":
-            sitk.WriteImage(seg, str(out / folder / f"{name}_seg.nii.gz"))
+        folder = TRAIN_FOLDER if name in train_names else VALIDATION_FOLDER
+        sitk.WriteImage(ct, str(ct_file(out, folder, name)))
+        if folder == TRAIN_FOLDER:
+            sitk.WriteImage(seg, str(seg_file(out, name)))
 
     with pd.ExcelWriter(out / WORKBOOK_NAME) as writer:
-        pd.DataFrame({FILENAME_COLUMN: [f"{n}_ct.nii.gz" for n in train_names]}).to_excel(
-            writer, sheet_name=TRAIN_SHEET, index=False)
-        pd.DataFrame({FILENAME_COLUMN: [f"{n}_ct.nii.gz" for n in validation_names]}).to_excel(
-            writer, sheet_name=VALIDATION_SHEET, index=False)
+        for sheet, names in ((TRAIN_SHEET, train_names), (VALIDATION_SHEET, validation_names)):
+            pd.DataFrame({FILENAME_COLUMN: [f"{n}{CT_SUFFIX}.nii.gz" for n in names]}).to_excel(
+                writer, sheet_name=sheet, index=False)
     return train_names, validation_names
 
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("output", type=Path, help="folder to write the download into (must not exist or be empty)")
-    parser.add_argument("--n-train", type=int, default=20)
-    parser.add_argument("--n-validation", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--xy", type=int, nargs=2, default=PhantomSettings.xy_range, metavar=("MIN", "MAX"),
-                        help="in-plane size range in voxels (real scans: 512)")
-    parser.add_argument("--z", type=int, nargs=2, default=PhantomSettings.z_range, metavar=("MIN", "MAX"),
-                        help="slice count range (real scans: about 62)")
-    parser.add_argument("--spacing-xy", type=float, nargs=2, default=PhantomSettings.spacing_xy_range,
-                        metavar=("MIN", "MAX"), help="in-plane spacing range in mm (real scans: about 0.74)")
-    parser.add_argument("--force", action="store_true", help="write into a non-empty folder")
-    args = parser.parse_args(argv)
-    if args.output.exists() and any(args.output.iterdir()) and not args.force:
-        print(f"ERROR: {args.output} is not empty; use --force to write into it anyway", file=sys.stderr)
-        return 1
-    settings = PhantomSettings(xy_range=tuple(args.xy), z_range=tuple(args.z),
-                               spacing_xy_range=tuple(args.spacing_xy))
-    train, validation = write_download(args.output, args.n_train, args.n_validation, args.seed, settings)
-    print(f"synthetic COVID-19-20 download: {len(train)} train + {len(validation)} validation cases in {args.output}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,11 +1,13 @@
 """`make preprocess`: nnUNet_plan_and_preprocess for the task, with a check of what it planned."""
 import argparse
+from typing import Optional, Sequence
 
-from workspace import (WorkflowError, configurations, load_plans, main_guard, plans_file, preprocessed_dir,
-                       raw_data_dir, run, task_name)
+from covidseg.core.errors import WorkflowError, main_guard
+from covidseg.core.workspace import (configurations, load_plans, plans_file, preprocessed_dir, raw_data_dir, run,
+                                     task_name)
 
 
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--task", type=int, required=True)
     parser.add_argument("--planner3d", default="ExperimentPlanner3D_v21")
@@ -13,7 +15,7 @@ def main() -> None:
     parser.add_argument("--tl", type=int, default=8, help="processes for 3d_lowres preprocessing")
     parser.add_argument("--tf", type=int, default=8, help="processes for 3d_fullres preprocessing")
     parser.add_argument("--force", action="store_true", help="preprocess again over existing plans")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     task = task_name(args.task)
     if plans_file(task, args.plans).exists() and not args.force:

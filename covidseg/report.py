@@ -1,7 +1,7 @@
 """`make report`: compare 3d_lowres, 3d_fullres, their ensemble and the MoE from what is on disk.
 
 Reads every model's validation predictions of the fold (nothing is retrained), computes per-case metrics
-against nnU-Net's reference segmentations in physical space (segmentation_metrics: Dice, NSD at a
+against nnU-Net's reference segmentations in physical space (covidseg.evaluation.metrics: Dice, NSD at a
 tolerance, HD95 in mm, volume error in ml) and writes into the report folder:
 
     report.md            header (task, labelled fraction, case counts, training length) and a table per model
@@ -19,7 +19,7 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import matplotlib
 
@@ -29,11 +29,12 @@ import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 import torch  # noqa: E402
 
-from ct_inputs import LUNG_WINDOW  # noqa: E402
-from segmentation_metrics import CaseMetrics, metrics_per_case  # noqa: E402
-from workspace import (WorkflowError, add_model_arguments, ensemble_dir, ground_truth_dir, main_guard,  # noqa: E402
-                       model_dir, raw_data_dir, task_name)
-
+from covidseg.core.challenge import LESION_LABEL  # noqa: E402
+from covidseg.core.errors import WorkflowError, main_guard, translate_errors  # noqa: E402
+from covidseg.core.workspace import (add_model_arguments, ensemble_dir, ground_truth_dir, model_dir,  # noqa: E402
+                                     raw_data_dir, task_name)
+from covidseg.data.ct_inputs import LUNG_WINDOW  # noqa: E402
+from covidseg.evaluation.metrics import CaseFileError, CaseMetrics, metrics_per_case  # noqa: E402
 
 
 def model_folders(task: str, trainer: str, moe_trainer: str, plans: str, fold) -> Dict[str, Dict]:
@@ -149,33 +150,17 @@ def plot_paired_dice(baseline: Dict[str, CaseMetrics], moe: Dict[str, CaseMetric
 
 
 def plot_moe_training(moe_log: Path, path: Path) -> bool:
-    if not moe_log.is_file():
-        return False
-    log = json.loads(moe_log.read_text())
-    if not log:
-        return False
-    epochs = [e["epoch"] for e in log]
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
-    top.plot(epochs, [e["supervised"] for e in log], label="supervised")
-    top.plot(epochs, [e["consistency"] for e in log], label="consistency")
-    top.plot(epochs, [e["lambda"] for e in log], "k--", label="lambda")
-    top.legend()
-    top.set_ylabel("loss / weight")
-    usage = np.array([e["usage"] for e in log])
-    for i in range(usage.shape[1]):
-        bottom.plot(epochs, usage[:, i], label=f"expert {i}")
-    bottom.set_ylabel("routing fraction")
-    bottom.set_xlabel("epoch")
-    bottom.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    """The MoE's training curves from its moe_log.json (the trainer's own plot); False when there is no log."""
+    from nnunet.utilities.moe_progress import plot_moe_progress
+    log = json.loads(moe_log.read_text()) if moe_log.is_file() else []
+    if log:
+        plot_moe_progress(log, str(path))
+    return bool(log)
 
 
 def plot_overlay(case: str, ct_path: Path, reference: Path, baseline: Path, moe: Path, path: Path) -> None:
     ct = sitk.GetArrayFromImage(sitk.ReadImage(str(ct_path)))
-    masks = {name: sitk.GetArrayFromImage(sitk.ReadImage(str(p))) == 1
+    masks = {name: sitk.GetArrayFromImage(sitk.ReadImage(str(p))) == LESION_LABEL
              for name, p in (("reference", reference), ("baseline", baseline), ("moe", moe))}
     difference = (masks["baseline"] ^ masks["moe"]).sum(axis=(1, 2))
     z = int(np.argmax(difference)) if difference.any() else int(np.argmax(masks["reference"].sum(axis=(1, 2))))
@@ -193,13 +178,13 @@ def plot_overlay(case: str, ct_path: Path, reference: Path, baseline: Path, moe:
     plt.close(fig)
 
 
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_model_arguments(parser)
     parser.add_argument("--output", type=Path, default=Path("report"))
     parser.add_argument("--tolerance-mm", type=float, default=1.0, help="NSD tolerance")
     parser.add_argument("--overlays", type=int, default=3, help="overlay images of the most different cases")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     task = task_name(args.task)
     references = ground_truth_dir(task)
@@ -209,7 +194,8 @@ def main() -> None:
     scores, missing = {}, []
     for name, info in folders.items():
         if info["predictions"].is_dir() and any(info["predictions"].glob("*.nii.gz")):
-            scores[name] = metrics_per_case(info["predictions"], references, args.tolerance_mm)
+            with translate_errors(CaseFileError, context=f"cannot score the {name} model's predictions"):
+                scores[name] = metrics_per_case(info["predictions"], references, args.tolerance_mm)
         else:
             missing.append(name)
     if not scores:

@@ -1,13 +1,15 @@
-"""The synthetic download has the challenge's layout and a plausible chest CT content."""
+"""covidseg.synthetic / covidseg.data.phantoms: the synthetic download has the challenge's layout and a plausible
+chest CT content."""
 import hashlib
 
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from conftest import TINY
-from make_synthetic_covid import (FILENAME_COLUMN, HU_LUNG, TRAIN_SHEET, VALIDATION_SHEET, WORKBOOK_NAME, main,
-                                  write_download)
+from covidseg.core.challenge import FILENAME_COLUMN, TRAIN_SHEET, VALIDATION_SHEET, WORKBOOK_NAME
+from covidseg.data.phantoms import HU_LUNG, write_download
+from covidseg.synthetic import main
+from tests.helpers import TINY, exit_status
 
 
 def test_layout_matches_the_challenge_download(synthetic_download):
@@ -58,6 +60,6 @@ def test_deterministic_per_seed(tmp_path):
 
 def test_refuses_a_non_empty_folder(tmp_path, capsys):
     (tmp_path / "something").write_text("mine")
-    assert main([str(tmp_path), "--n-train", "1", "--n-validation", "1"]) == 1
+    assert exit_status(main, str(tmp_path), "--n-train", "1", "--n-validation", "1") == 1
     assert "not empty" in capsys.readouterr().err
     assert (tmp_path / "something").read_text() == "mine"

@@ -1,6 +1,9 @@
-"""Conversion of the challenge download into nnU-Net's raw layout, and its refusals of bad input."""
+"""covidseg.convert / covidseg.data.conversion: the challenge download into nnU-Net's raw layout, and its
+refusals of bad input."""
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -8,12 +11,14 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from COVID_19_20 import main, split_labeled
-from make_synthetic_covid import TRAIN_SHEET, VALIDATION_SHEET, WORKBOOK_NAME
+from covidseg.convert import main
+from covidseg.core.challenge import TRAIN_SHEET, VALIDATION_SHEET, WORKBOOK_NAME
+from covidseg.data.conversion import split_labeled
+from tests.helpers import REPO, exit_status
 
 
 def convert(download: Path, out: Path, *extra: str) -> int:
-    return main([str(download), "--output-base", str(out), *extra])
+    return exit_status(main, str(download), "--output-base", str(out), *extra)
 
 
 def task_dir(out: Path) -> Path:
@@ -222,7 +227,20 @@ def test_every_problem_is_reported_not_only_the_first(synthetic_download, tmp_pa
     assert names[0] in err and names[1] in err and "2 problem(s)" in err
 
 
-def test_bad_labeled_fraction_is_a_usage_error(synthetic_download, tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        convert(synthetic_download, tmp_path, "--labeled-fraction", "0")
-    assert exit_info.value.code == 2 and "--labeled-fraction" in capsys.readouterr().err
+def test_bad_labeled_fraction_is_refused_by_name(synthetic_download, tmp_path, capsys):
+    assert convert(synthetic_download, tmp_path, "--labeled-fraction", "0") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ERROR:") and "LABELED_FRACTION" in err and "Traceback" not in err
+    assert not task_dir(tmp_path).exists()
+
+
+def test_the_seed_entry_point_is_the_same_command(synthetic_download, tmp_path):
+    """`python scripts/COVID_19_20.py <download>` (the seed workflow's command) converts like `make convert`."""
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "COVID_19_20.py"), str(synthetic_download),
+                             "--output-base", str(tmp_path), "--labeled-fraction", "0.5"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((task_dir(tmp_path) / "dataset.json").read_text())["numTraining"] == 4
+    again = subprocess.run([sys.executable, str(REPO / "scripts" / "COVID_19_20.py"), str(synthetic_download),
+                            "--output-base", str(tmp_path)], capture_output=True, text=True)
+    assert again.returncode == 1 and again.stderr.startswith("ERROR:") and "FORCE=1" in again.stderr

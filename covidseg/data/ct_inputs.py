@@ -5,22 +5,15 @@ from typing import Dict
 
 import SimpleITK as sitk
 
-from workspace import WorkflowError
+from covidseg.core.challenge import case_id
+from covidseg.core.errors import ProblemsError, WorkflowError
 
 LUNG_WINDOW = (-1350, 150)  # HU shown in overlays: level -600, width 1500
 
 
-def case_id(path: Path) -> str:
-    """'volume-covid19-A-0003_ct.nii.gz' -> 'volume-covid19-A-0003_ct'; nnU-Net's '_0000' suffix is dropped."""
-    name = path.name
-    for suffix in (".nii.gz", ".nii", "_0000"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-    return name
-
-
 def collect_inputs(source: Path) -> Dict[str, Path]:
-    """case id -> file, for a CT file or a folder of them; every problem is reported at once."""
+    """case id (covidseg.core.challenge.case_id) -> file, for a CT file or a folder of them; every problem is
+    reported at once."""
     if source.is_file():
         files = [source]
     elif source.is_dir():
@@ -39,11 +32,13 @@ def collect_inputs(source: Path) -> Dict[str, Path]:
                 problems.append(f"{f}: not a 3D single-channel image (dimension {info.GetDimension()})")
         except RuntimeError as e:
             problems.append(f"{f}: cannot be read ({str(e).strip().splitlines()[-1]})")
-        if case_id(f) in inputs:
-            problems.append(f"{f}: case id {case_id(f)} given twice")
-        inputs[case_id(f)] = f
+        case = case_id(f)
+        if case in inputs:
+            problems.append(f"{f}: its case id '{case}' is also that of {inputs[case].name} (their outputs would "
+                            f"have the same name)")
+        inputs[case] = f
     if problems:
-        raise WorkflowError("bad input:\n  " + "\n  ".join(problems))
+        raise ProblemsError(f"{len(problems)} problem(s) in INPUT {source}, nothing was predicted", problems)
     return inputs
 
 

@@ -24,7 +24,11 @@ import SimpleITK as sitk
 from medpy.metric.binary import hd95
 from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
 
-LESION_LABEL = 1
+from covidseg.core.challenge import LESION_LABEL
+
+
+class CaseFileError(Exception):
+    """A prediction without its reference, or one on another voxel grid."""
 
 
 @dataclass
@@ -105,11 +109,11 @@ def read_case(prediction: Path, reference: Path) -> CaseMasks:
     """Both lesion masks of a case, checked to share one grid, and the voxel spacing in the arrays' axis order
     (z, y, x); each file is read once."""
     if not reference.is_file():
-        raise FileNotFoundError(f"{prediction.name}: no reference segmentation {reference}")
+        raise CaseFileError(f"{prediction}: no reference segmentation {reference}")
     a, b = sitk.ReadImage(str(prediction)), sitk.ReadImage(str(reference))
     if a.GetSize() != b.GetSize() or not np.allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-4):
-        raise ValueError(f"{prediction.name}: prediction grid {a.GetSize()} {a.GetSpacing()} differs from the "
-                         f"reference's {b.GetSize()} {b.GetSpacing()}")
+        raise CaseFileError(f"{prediction}: prediction grid {a.GetSize()} {a.GetSpacing()} differs from the "
+                            f"reference's {b.GetSize()} {b.GetSpacing()}")
     return (sitk.GetArrayFromImage(a) == LESION_LABEL, sitk.GetArrayFromImage(b) == LESION_LABEL,
             list(b.GetSpacing())[::-1])
 

@@ -1,8 +1,9 @@
 """`make predict`: segment new CTs with a trained model; outputs keep each input's geometry.
 
-INPUT is a folder of CT .nii.gz files or one file. Names need not follow nnU-Net's <case>_0000.nii.gz
+INPUT is a folder of CT .nii.gz / .nii files or one file. Names need not follow nnU-Net's <case>_0000.nii.gz
 convention: the inputs are linked into a temporary folder under that name, and each segmentation is
-written as <case>.nii.gz, where <case> is the input's name without _0000/.nii.gz.
+written as <case>.nii.gz, where <case> is the input's case id (covidseg.core.challenge.case_id: the name
+without .nii.gz / .nii, nnU-Net's _0000 and the challenge's _ct).
 
 MODEL: moe (nnUNetTrainerV2_moe, 3d_fullres), fullres, lowres (nnUNetTrainerV2), or ensemble
 (fullres + lowres, averaged softmax through nnUNet_ensemble). Existing segmentations in OUTPUT are not
@@ -13,10 +14,11 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import List
+from typing import List, Optional, Sequence
 
-from ct_inputs import collect_inputs, ensure_writable, refuse_overwrite
-from workspace import WorkflowError, add_model_arguments, main_guard, run, task_name, trained_model_dir
+from covidseg.core.errors import WorkflowError, main_guard
+from covidseg.core.workspace import add_model_arguments, run, task_name, trained_model_dir
+from covidseg.data.ct_inputs import collect_inputs, ensure_writable, refuse_overwrite
 
 MODELS = {"moe": [("3d_fullres", "moe")], "fullres": [("3d_fullres", "baseline")],
           "lowres": [("3d_lowres", "baseline")], "ensemble": [("3d_fullres", "baseline"), ("3d_lowres", "baseline")]}
@@ -35,7 +37,7 @@ def predict(images: Path, output: Path, task_id: int, configuration: str, traine
     run(command + (["--save_npz"] if npz else []) + ([] if tta else ["--disable_tta"]))
 
 
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", type=Path, required=True)
     parser.add_argument("--output", type=Path, required=True)
@@ -43,7 +45,7 @@ def main() -> None:
     add_model_arguments(parser)
     parser.add_argument("--disable-tta", action="store_true", help="no mirroring at test time (8x faster in 3D)")
     parser.add_argument("--force", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     task = task_name(args.task)
     folders = check_models(task, args.model, args)

@@ -6,26 +6,23 @@ random input. The result goes where `make semi` passes it to `nnUNet_train -pret
 """
 import argparse
 import os
-from pathlib import Path
+from typing import Optional, Sequence
 
 import torch
 
-from workspace import WorkflowError, add_model_arguments, main_guard, model_dir, task_name, trained_model_dir
+from covidseg.core.errors import WorkflowError, main_guard, translate_errors
+from covidseg.core.workspace import add_model_arguments, moe_init_file, task_name, trained_model_dir
 
 # experts 1..E-1 are perturbed by 0.1% (see moe_weight_transfer); their softmax outputs move by far less than this
 TOLERANCE = 0.05
 
 
-def moe_init_file(task: str, moe_trainer: str, plans: str, fold) -> Path:
-    return model_dir("3d_fullres", task, moe_trainer, plans, fold).parent / f"moe_init_fold_{fold}.model"
-
-
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_model_arguments(parser)
     parser.add_argument("--perturbation", type=float, default=float(os.environ.get("MOE_TRANSFER_NOISE") or 1e-3))
     parser.add_argument("--force", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     from nnunet.network_architecture.moe_weight_transfer import forced_expert_differences, transfer_state_dict
     from nnunet.training.model_restore import restore_model
@@ -40,12 +37,14 @@ def main() -> None:
         return
 
     baseline = restore_model(str(checkpoint) + ".pkl", str(checkpoint), train=False)
-    moe_trainer = nnUNetTrainerV2_moe(*baseline.init_args)
-    moe_trainer.process_plans(baseline.plans)
-    moe_trainer.initialize_network()
+    with translate_errors(ValueError, context="the MoE settings (EXPERTS, TOP_K, INFERENCE_TOP_K; MOE_* variables)"):
+        moe_trainer = nnUNetTrainerV2_moe(*baseline.init_args)
+        moe_trainer.process_plans(baseline.plans)
+        moe_trainer.initialize_network()
     moe = moe_trainer.network
 
-    state, copied = transfer_state_dict(baseline.network.state_dict(), moe, args.perturbation)
+    with translate_errors(ValueError, context=f"{checkpoint} cannot initialise the MoE"):
+        state, copied = transfer_state_dict(baseline.network.state_dict(), moe, args.perturbation)
     moe.load_state_dict(state)
     gate_tensors = [k for k in state if k.startswith("gate.")]
     print(f"copied {len(copied)} of {len(state)} MoE tensors from {checkpoint} "

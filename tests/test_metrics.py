@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from segmentation_metrics import case_metrics, metrics_per_case
+from covidseg.evaluation.metrics import case_metrics, metrics_per_case
 
 
 def ball(shape, center, radius_mm, spacing):

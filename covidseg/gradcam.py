@@ -11,6 +11,7 @@ See nnunet/inference/attention_maps.py (semi_supervised/inference/) for how the 
 import argparse
 import sys
 from pathlib import Path
+from typing import Optional, Sequence
 
 import matplotlib
 
@@ -20,8 +21,10 @@ import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from ct_inputs import LUNG_WINDOW, collect_inputs, ensure_writable, refuse_overwrite  # noqa: E402
-from workspace import WorkflowError, add_model_arguments, main_guard, task_name, trained_model_dir  # noqa: E402
+from covidseg.core.challenge import LESION_LABEL  # noqa: E402
+from covidseg.core.errors import WorkflowError, main_guard  # noqa: E402
+from covidseg.core.workspace import add_model_arguments, task_name, trained_model_dir  # noqa: E402
+from covidseg.data.ct_inputs import LUNG_WINDOW, collect_inputs, ensure_writable, refuse_overwrite  # noqa: E402
 
 OUTPUT_SUFFIXES = ("_attention.nii.gz", "_segmentation.nii.gz", "_overlay.png")
 EMPTY_MAP_HINT = ("Grad-CAM++ (gcampp) keeps positive gradients only, and the last decoder block feeds the lesion "
@@ -52,7 +55,7 @@ def plot_overlay(case: str, ct: np.ndarray, attention: np.ndarray, segmentation:
     plt.close(fig)
 
 
-def main() -> None:
+def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", type=Path, required=True)
     parser.add_argument("--output", type=Path, required=True)
@@ -63,7 +66,7 @@ def main() -> None:
     parser.add_argument("--backend", default="gcam", help="gcam (Grad-CAM) or gcampp (Grad-CAM++)")
     parser.add_argument("--disable-tta", action="store_true", help="no mirroring (8x faster in 3D)")
     parser.add_argument("--force", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     from nnunet.inference.attention_maps import (BACKENDS, check_layer, default_layer, load_trainer,
                                                  predict_attention, predict_softmax, to_original_grid,
@@ -87,17 +90,17 @@ def main() -> None:
     try:
         check_layer(trainer.network, layer, trainer.patch_size)
     except ValueError as e:
-        raise WorkflowError(str(e))
+        raise WorkflowError(f"LAYER: {e}") from e
     print(f"Grad-CAM ({args.backend}) of {trainer_name} fold {args.fold} at layer {layer}")
     for case, path in tqdm(inputs.items(), desc="attention maps", unit="case", disable=None):
         data, _, properties = trainer.preprocess_patient([str(path)])
         softmax = predict_softmax(trainer, data, do_mirroring=not args.disable_tta)
         segmentation_file = str(args.output / f"{case}_segmentation.nii.gz")
         save_segmentation_nifti_from_softmax(softmax, segmentation_file, properties, order=1, verbose=False)
-        attention = np.clip(to_original_grid(predict_attention(trainer, data, layer, args.backend,
+        attention = np.clip(to_original_grid(predict_attention(trainer, data, layer, args.backend, LESION_LABEL,
                                                                not args.disable_tta), properties)[0], 0, 1)
         write_like_input(attention.astype(np.float32), properties, str(args.output / f"{case}_attention.nii.gz"))
-        segmentation = sitk.GetArrayFromImage(sitk.ReadImage(segmentation_file)) == 1
+        segmentation = sitk.GetArrayFromImage(sitk.ReadImage(segmentation_file)) == LESION_LABEL
         ct = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
         plot_overlay(case, ct, attention, segmentation, args.output / f"{case}_overlay.png")
         inside = float((attention * segmentation).sum() / max(attention.sum(), 1e-8))

@@ -1,4 +1,4 @@
-"""Where nnU-Net v1 keeps a task's files, and the small helpers the workflow scripts share.
+"""Where nnU-Net v1 keeps a task's files, and running nnU-Net's commands from the workflow.
 
 The folders follow nnU-Net's own environment variables (nnUNet_raw_data_base, nnUNet_preprocessed,
 RESULTS_FOLDER), so everything made here is also found by the plain nnU-Net commands.
@@ -10,11 +10,9 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import List, Optional
 
-
-class WorkflowError(Exception):
-    """A problem the user can fix; printed as one clear message, exit status 1."""
+from covidseg.core.errors import WorkflowError
 
 
 def env_folder(variable: str) -> Path:
@@ -81,6 +79,11 @@ def trained_model_dir(configuration: str, task: str, trainer: str, plans: str, f
     return folder
 
 
+def moe_init_file(task: str, moe_trainer: str, plans: str, fold) -> Path:
+    """Where `make weights` writes the MoE's initialisation and `make semi` reads it."""
+    return model_dir("3d_fullres", task, moe_trainer, plans, fold).parent / f"moe_init_fold_{fold}.model"
+
+
 def ensemble_dir(task: str, trainer: str, plans: str, fold) -> Path:
     return (env_folder("RESULTS_FOLDER") / "nnUNet" / "ensembles" / task /
             f"ensemble_3d_fullres_3d_lowres__{trainer}__{plans}" / f"fold_{fold}")
@@ -115,11 +118,3 @@ def run(command: List[str]) -> None:
     if result.returncode != 0:
         raise WorkflowError(f"'{' '.join(command)}' failed with exit status {result.returncode}")
 
-
-def main_guard(main: Callable[[], None]) -> None:
-    """Run a script's main; a WorkflowError becomes one 'ERROR:' line and exit status 1."""
-    try:
-        main()
-    except WorkflowError as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        sys.exit(1)

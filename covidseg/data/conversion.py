@@ -1,0 +1,247 @@
+"""The COVID-19-20 challenge download -> an nnU-Net v1 raw task (the library behind `make convert`).
+
+Input (the download):
+    COVID-19-20_TrainValidation.xlsx  sheets "Train set", "Validation set", column FILENAME
+    Train/<name>_ct.nii.gz, Train/<name>_seg.nii.gz, Validation/<name>_ct.nii.gz
+
+Output: $nnUNet_raw_data_base/nnUNet_raw_data/Task<ID>_<NAME>/
+    imagesTr/<name>_0000.nii.gz, labelsTr/<name>.nii.gz   the labelled fraction of the train set
+    imagesUnlabeled/<name>_0000.nii.gz                     the rest of the train set and any
+                                                           --extra-unlabeled scans, images only
+    imagesVal/<name>_0000.nii.gz                           the validation set (no labels exist)
+    dataset.json                                           nnU-Net's, plus "unlabeled" and "validation"
+    split.json                                             fraction, seed and the ids of each group
+
+Everything is checked before anything is written; every problem is reported with its case. The task
+is built in a temporary folder and renamed into place at the end, so an interrupted run leaves no
+half-made task. Images are copied byte for byte, so their geometry is exactly the download's.
+"""
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from covidseg.core.challenge import (FILENAME_COLUMN, LABELS, LESION_LABEL, BACKGROUND_LABEL, TRAIN_FOLDER,
+                                     TRAIN_SHEET, VALIDATION_FOLDER, VALIDATION_SHEET, WORKBOOK_NAME, case_id,
+                                     ct_file, seg_file)
+from covidseg.core.errors import ProblemsError, WorkflowError
+
+GEOMETRY_TOLERANCE = 1e-4  # relative, for spacing, origin and direction
+
+
+class ConversionError(ProblemsError):
+    """Every problem found in the input; nothing was written."""
+
+    def __init__(self, problems: List[str]):
+        super().__init__(f"{len(problems)} problem(s) in the input, nothing was written", problems)
+
+
+@dataclass
+class Download:
+    train: List[str]
+    validation: List[str]
+    extra_unlabeled: Dict[str, Path] = field(default_factory=dict)  # case id -> file
+    root: Optional[Path] = None
+
+    def ct(self, name: str) -> Path:
+        if name in self.extra_unlabeled:
+            return self.extra_unlabeled[name]
+        return ct_file(self.root, TRAIN_FOLDER if name in self.train else VALIDATION_FOLDER, name)
+
+    def seg(self, name: str) -> Path:
+        return seg_file(self.root, name)
+
+
+def read_workbook(root: Path, problems: List[str]) -> Dict[str, List[str]]:
+    workbook = root / WORKBOOK_NAME
+    if not workbook.is_file():
+        problems.append(f"{workbook}: workbook not found (is {root} the COVID-19-20 download folder?)")
+        return {}
+    try:
+        sheets = pd.read_excel(workbook, sheet_name=None)
+    except Exception as e:  # openpyxl raises many types for broken files
+        problems.append(f"{workbook}: cannot be read as an .xlsx workbook ({e})")
+        return {}
+    names = {}
+    for sheet in (TRAIN_SHEET, VALIDATION_SHEET):
+        if sheet not in sheets:
+            problems.append(f"{workbook}: sheet '{sheet}' is missing (found: {', '.join(sheets)})")
+            continue
+        frame = sheets[sheet]
+        if FILENAME_COLUMN not in frame.columns:
+            problems.append(f"{workbook}: sheet '{sheet}' has no column '{FILENAME_COLUMN}' "
+                            f"(found: {', '.join(map(str, frame.columns))})")
+            continue
+        names[sheet] = [case_id(str(f)) for f in frame[FILENAME_COLUMN].dropna()]
+    return names
+
+
+def find_duplicates(names: List[str]) -> List[str]:
+    seen, duplicates = set(), []
+    for name in names:
+        if name in seen and name not in duplicates:
+            duplicates.append(name)
+        seen.add(name)
+    return duplicates
+
+
+def read_image(path: Path, case: str, problems: List[str]) -> Optional[sitk.Image]:
+    if not path.is_file():
+        problems.append(f"{case}: file not found: {path}")
+        return None
+    try:
+        image = sitk.ReadImage(str(path))
+    except Exception as e:
+        problems.append(f"{case}: cannot read {path} ({str(e).strip().splitlines()[-1]})")
+        return None
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        problems.append(f"{case}: {path.name} is not a 3D single-channel image "
+                        f"(dimension {image.GetDimension()}, {image.GetNumberOfComponentsPerPixel()} components)")
+        return None
+    return image
+
+
+def geometry_differences(a: sitk.Image, b: sitk.Image) -> List[str]:
+    differences = []
+    if a.GetSize() != b.GetSize():
+        differences.append(f"size {a.GetSize()} vs {b.GetSize()}")
+    for what in ("Spacing", "Origin", "Direction"):
+        va, vb = np.array(getattr(a, "Get" + what)()), np.array(getattr(b, "Get" + what)())
+        scale = max(1.0, float(np.abs(va).max()))
+        if not np.allclose(va, vb, rtol=0, atol=GEOMETRY_TOLERANCE * scale):
+            differences.append(f"{what.lower()} {tuple(np.round(va, 4))} vs {tuple(np.round(vb, 4))}")
+    return differences
+
+
+def check_labeled_case(download: Download, name: str, problems: List[str]) -> None:
+    ct = read_image(download.ct(name), name, problems)
+    seg = read_image(download.seg(name), name, problems)
+    if ct is None or seg is None:
+        return
+    differences = geometry_differences(ct, seg)
+    if differences:
+        problems.append(f"{name}: CT and mask geometry differ: {'; '.join(differences)}")
+    values = np.unique(sitk.GetArrayViewFromImage(seg))
+    allowed = (BACKGROUND_LABEL, LESION_LABEL)
+    unexpected = [v for v in values.tolist() if v not in allowed]
+    if unexpected:
+        problems.append(f"{name}: mask has values {unexpected[:10]} outside {{{', '.join(map(str, allowed))}}} "
+                        f"({download.seg(name)})")
+
+
+def collect_extra_unlabeled(folder: Path, problems: List[str]) -> Dict[str, Path]:
+    if not folder.is_dir():
+        problems.append(f"--extra-unlabeled {folder}: not a folder")
+        return {}
+    files = sorted(list(folder.glob("*.nii.gz")) + list(folder.glob("*.nii")))
+    if not files:
+        problems.append(f"--extra-unlabeled {folder}: holds no .nii.gz / .nii files")
+    cases = {}
+    for f in files:
+        name = case_id(f)
+        if name in cases:
+            problems.append(f"{name}: two extra unlabelled files give this case id ({cases[name].name}, {f.name})")
+        cases[name] = f
+    return cases
+
+
+def validate(root: Path, extra_unlabeled: Optional[Path]) -> Download:
+    """Check the whole input; raise ConversionError listing every problem found."""
+    problems: List[str] = []
+    if not root.is_dir():
+        raise ConversionError([f"{root}: download folder not found"])
+    sheets = read_workbook(root, problems)
+    train, validation = sheets.get(TRAIN_SHEET, []), sheets.get(VALIDATION_SHEET, [])
+    extra = collect_extra_unlabeled(extra_unlabeled, problems) if extra_unlabeled else {}
+    for name in find_duplicates(train + validation + list(extra)):
+        problems.append(f"{name}: listed more than once (train, validation and extra unlabelled names must be unique)")
+    if sheets and not train:
+        problems.append(f"{root / WORKBOOK_NAME}: sheet '{TRAIN_SHEET}' lists no case")
+    download = Download(train=list(dict.fromkeys(train)), validation=list(dict.fromkeys(validation)),
+                        extra_unlabeled=extra, root=root)
+    for name in tqdm(download.train, desc="checking train cases", unit="case", disable=None):
+        check_labeled_case(download, name, problems)
+    for name in tqdm(download.validation + list(extra), desc="checking images", unit="case", disable=None):
+        read_image(download.ct(name), name, problems)
+    if problems:
+        raise ConversionError(problems)
+    return download
+
+
+def split_labeled(train: List[str], labeled_fraction: float, seed: int):
+    """Deterministic split of the train cases into (labelled, unlabelled), both sorted."""
+    order = np.random.RandomState(seed).permutation(sorted(train))
+    n_labeled = max(1, int(round(labeled_fraction * len(train))))
+    return sorted(order[:n_labeled].tolist()), sorted(order[n_labeled:].tolist())
+
+
+def dataset_json(task_name: str, labeled: List[str], unlabeled: List[str], validation: List[str]) -> dict:
+    return {
+        "name": task_name,
+        "description": "COVID-19-20 lung lesion segmentation (grand-challenge.org COVID-19-20)",
+        "reference": "https://covid-segmentation.grand-challenge.org",
+        "licence": "see the challenge's data terms",
+        "release": "1.0",
+        "tensorImageSize": "3D",
+        "modality": {"0": "CT"},
+        "labels": LABELS,
+        "numTraining": len(labeled),
+        "numTest": 0,
+        "training": [{"image": f"./imagesTr/{n}.nii.gz", "label": f"./labelsTr/{n}.nii.gz"} for n in labeled],
+        "test": [],
+        "numUnlabeled": len(unlabeled),
+        "unlabeled": [f"./imagesUnlabeled/{n}.nii.gz" for n in unlabeled],
+        "numValidation": len(validation),
+        "validation": [f"./imagesVal/{n}.nii.gz" for n in validation],
+    }
+
+
+def write_task(download: Download, task_dir: Path, labeled_fraction: float, seed: int, force: bool) -> None:
+    labeled, held_back = split_labeled(download.train, labeled_fraction, seed)
+    extra = sorted(download.extra_unlabeled)
+    task_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{task_dir.name}.", dir=task_dir.parent))
+    try:
+        copies = [(download.ct(n), tmp / "imagesTr" / f"{n}_0000.nii.gz") for n in labeled]
+        copies += [(download.seg(n), tmp / "labelsTr" / f"{n}.nii.gz") for n in labeled]
+        copies += [(download.ct(n), tmp / "imagesUnlabeled" / f"{n}_0000.nii.gz") for n in held_back + extra]
+        copies += [(download.ct(n), tmp / "imagesVal" / f"{n}_0000.nii.gz") for n in download.validation]
+        for sub in ("imagesTr", "labelsTr", "imagesUnlabeled", "imagesVal"):
+            (tmp / sub).mkdir()
+        for src, dst in tqdm(copies, desc=f"writing {task_dir.name}", unit="file", disable=None):
+            dst_tmp = dst.with_name(dst.name + ".part")
+            shutil.copyfile(src, dst_tmp)
+            os.replace(dst_tmp, dst)
+        (tmp / "dataset.json").write_text(json.dumps(
+            dataset_json(task_dir.name, labeled, held_back + extra, download.validation), indent=2))
+        (tmp / "split.json").write_text(json.dumps({
+            "labeled_fraction": labeled_fraction, "seed": seed,
+            "labeled": labeled, "unlabeled_from_train": held_back,
+            "extra_unlabeled": {n: str(download.extra_unlabeled[n]) for n in extra},
+            "validation": download.validation}, indent=2))
+        os.chmod(tmp, 0o755)
+        if task_dir.exists():
+            if not force:
+                raise WorkflowError(f"{task_dir} appeared while converting; use FORCE=1 (--force) to replace it")
+            old = task_dir.with_name(f".{task_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(task_dir, old)
+            os.replace(tmp, task_dir)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, task_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"{task_dir}: {len(labeled)} labelled, {len(held_back)} held-back unlabelled, "
+          f"{len(extra)} extra unlabelled, {len(download.validation)} validation cases")
+    if len(labeled) < 5:
+        print(f"WARNING: only {len(labeled)} labelled cases: nnU-Net's 5-fold cross-validation needs at least 5")
+

@@ -1,0 +1,1 @@
+"""Comparing segmentations with references."""

@@ -1,0 +1,108 @@
+"""What the tests share besides fixtures: phantom sizes, the tiny workflow's names, running a command (in this
+process or as `python -m covidseg.<command>`), and tiny Generic_UNet / Generic_UNet_MoE networks in 2D and 3D."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from covidseg.core.errors import main_guard
+from covidseg.data.phantoms import PhantomSettings
+
+REPO = Path(__file__).resolve().parents[1]
+
+# small phantoms: fast to write, convert and preprocess on a CPU
+TINY = PhantomSettings(xy_range=(56, 64), z_range=(18, 22), spacing_xy_range=(4.0, 4.6))
+# large enough against the demo planner's patch for nnU-Net to plan a 3d_lowres stage
+WORKFLOW_PHANTOMS = PhantomSettings(xy_range=(100, 108), z_range=(32, 36), spacing_xy_range=(2.9, 3.1))
+TASK, FOLD, PLANS, TRAINER, MOE_TRAINER = 200, 4, "nnUNetPlans_CPUDemo", "nnUNetTrainerV2", "nnUNetTrainerV2_moe"
+TASK_NAME = "Task200_COVID_19_20"
+FULLRES_EPOCHS = 24
+
+
+# ------------------------------------------------------------------ commands
+
+def exit_status(main: Callable[[Optional[Sequence[str]]], None], *args: str) -> int:
+    """Run a command's main in this process as `python -m covidseg.<command>` would; returns its exit status."""
+    try:
+        main_guard(main, [str(a) for a in args])
+    except SystemExit as e:
+        return e.code
+    return 0
+
+
+def run_env(**extra) -> dict:
+    """Environment for a subprocess: this one, plus extra variables (as strings)."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])  # nnU-Net's commands
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def run_command(command: str, *args: str, env: dict, expect_ok: bool = True) -> subprocess.CompletedProcess:
+    """`python -m covidseg.<command> args...` in a subprocess."""
+    result = subprocess.run([sys.executable, "-m", f"covidseg.{command}", *map(str, args)], env=env,
+                            capture_output=True, text=True)
+    if expect_ok:
+        assert result.returncode == 0, f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+class Workflow:
+    """Folders and environment of one tiny run of the workflow."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.env = run_env(nnUNet_raw_data_base=root / "raw", nnUNet_preprocessed=root / "preprocessed",
+                           RESULTS_FOLDER=root / "results", nnUNet_max_num_epochs=2, nnUNet_num_batches_per_epoch=3,
+                           nnUNet_num_val_batches_per_epoch=1, nnUNet_n_proc_DA=1, nnUNet_def_n_proc=2,
+                           MOE_WARMUP_EPOCHS=0, MOE_RAMPUP_EPOCHS=1)
+        self.outputs = {}
+
+    @property
+    def raw_task(self) -> Path:
+        return self.root / "raw" / "nnUNet_raw_data" / TASK_NAME
+
+    @property
+    def preprocessed_task(self) -> Path:
+        return self.root / "preprocessed" / TASK_NAME
+
+    def model(self, configuration: str, trainer: str = TRAINER) -> Path:
+        """nnU-Net's folder of a trained configuration: RESULTS_FOLDER/nnUNet/<config>/<task>/<trainer>__<plans>/fold_F."""
+        return self.root / "results" / "nnUNet" / configuration / TASK_NAME / f"{trainer}__{PLANS}" / f"fold_{FOLD}"
+
+    def command(self, name: str, *args: str, expect_ok: bool = True) -> subprocess.CompletedProcess:
+        return run_command(name, *args, env=self.env, expect_ok=expect_ok)
+
+    def workflow_args(self):
+        return ["--task", str(TASK), "--fold", str(FOLD), "--plans", PLANS, "--trainer", TRAINER]
+
+
+# ------------------------------------------------------------------ tiny networks
+
+SHAPES = {2: (32, 32), 3: (8, 32, 32)}
+
+
+def tiny_plan(dim: int, num_pool: int = 3) -> dict:
+    """The network settings of a tiny plan: 1 input channel, 4 base features, 2 classes."""
+    pooling = [[1, 2, 2] if dim == 3 and i == 0 else [2] * dim for i in range(num_pool)]
+    return dict(num_input_channels=1, base_num_features=4, num_classes=2, pool_op_kernel_sizes=pooling,
+                conv_kernel_sizes=[[3] * dim] * (num_pool + 1))
+
+
+def tiny_unet(dim: int, num_pool: int = 3):
+    from nnunet.network_architecture.unet_factory import generic_unet
+    torch.manual_seed(0)
+    return generic_unet(**tiny_plan(dim, num_pool))
+
+
+def tiny_moe(dim: int, **moe):
+    from nnunet.network_architecture.unet_factory import generic_unet_moe
+    torch.manual_seed(1)
+    return generic_unet_moe(**tiny_plan(dim), **moe)
+
+
+def batch(dim: int, n: int = 4, seed: int = 0) -> torch.Tensor:
+    return torch.randn((n, 1) + SHAPES[dim], generator=torch.Generator().manual_seed(seed))
