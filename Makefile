@@ -34,6 +34,7 @@ TASK ?= 200
 TASK_NAME ?= COVID_19_20
 FOLD ?= 4
 LABELED_FRACTION ?= 0.5
+TEST_FRACTION ?= 0
 SEED ?= 0
 EXTRA_UNLABELED ?=
 FORCE ?=
@@ -44,6 +45,9 @@ TRAINER ?= nnUNetTrainerV2
 EPOCHS ?=
 ITERS ?=
 VAL_ITERS ?=
+# fine-tuning from the baseline: the MoE (make semi) and its same-budget control (make control); empty: 1e-2
+FINETUNE_LR ?=
+CONTROL_TRAINER ?= nnUNetTrainerV2_finetune
 # the mixture of experts (make weights / semi; empty: the trainer's defaults, see README)
 MOE_TRAINER ?= nnUNetTrainerV2_moe
 EXPERTS ?=
@@ -61,6 +65,14 @@ MODEL ?= moe
 # make gradcam (LAYER empty: the documented default)
 LAYER ?=
 BACKEND ?= gcam
+# make experiment (TEST_FRACTION=0 means its default, 0.2; empty budgets: SIZE's)
+LABELED_FRACTIONS ?= 0.1 0.25 0.5
+SEEDS ?= 0 1
+EXPERIMENT_DIR ?= experiment
+METHODS ?= fullres control moe
+SIZE ?= gpu
+GPUS ?=
+FINETUNE_EPOCHS ?=
 # make report
 REPORT_DIR ?= report
 NSD_TOLERANCE_MM ?= 1.0
@@ -80,6 +92,7 @@ ifneq ($(strip $(NPROC_DA)),)
   export nnUNet_n_proc_DA := $(NPROC_DA)
 endif
 
+export FINETUNE_LR := $(FINETUNE_LR)
 export MOE_NUM_EXPERTS := $(EXPERTS)
 export MOE_TOP_K := $(TOP_K)
 export MOE_INFERENCE_TOP_K := $(INFERENCE_TOP_K)
@@ -101,7 +114,8 @@ DEMO_SEMI_EPOCHS ?= 10
 DEMO_WARMUP_EPOCHS ?= 2
 DEMO_RAMPUP_EPOCHS ?= 5
 
-.PHONY: help setup synthetic convert preprocess baseline weights semi predict gradcam report demo test clean-demo
+.PHONY: help setup synthetic convert preprocess baseline control weights semi evaluate predict gradcam report \
+	experiment demo test clean-demo
 
 help:
 	@sed -n 's/^## \{0,1\}//p' $(MAKEFILE_LIST)
@@ -110,16 +124,25 @@ help:
 ##   setup       venv [VENV=.venv], the covidseg package, nnUNet/ (submodule or PyPI sdist), patches, overlay
 ##   synthetic   DATA=<folder to write> a synthetic download in the challenge's layout [CASES=20 VALIDATION_CASES=4
 ##               SYNTHETIC_SEED=0 FORCE=]
-##   convert     DATA=<COVID-19-20 download> [TASK=200 TASK_NAME LABELED_FRACTION=0.5 SEED=0 EXTRA_UNLABELED= FORCE=]
+##   convert     DATA=<COVID-19-20 download> [TASK=200 TASK_NAME LABELED_FRACTION=0.5 TEST_FRACTION=0 SEED=0
+##               EXTRA_UNLABELED= FORCE=]
 ##   preprocess  nnUNet_plan_and_preprocess [TASK PLANNER3D TL=8 TF=8 FORCE=]
 ##   baseline    3d_fullres + 3d_lowres (--npz), nnUNet_ensemble, Dice table [FOLD=4 TRAINER PLANS EPOCHS ITERS VAL_ITERS NPROC_DA]
+##   control     the MoE's same-budget control: nnUNetTrainerV2_finetune continues the 3d_fullres baseline on the
+##               labelled cases [CONTROL_TRAINER FINETUNE_LR EPOCHS ITERS VAL_ITERS FORCE=]
 ##   weights     baseline 3d_fullres checkpoint -> MoE initialisation [FOLD TRANSFER_NOISE=0.001 EXPERTS=3 TOP_K=2 FORCE=]
 ##   semi        train nnUNetTrainerV2_moe from it, validate, Dice vs baseline [EXPERTS TOP_K LAMBDA_MAX WARMUP_EPOCHS
-##               RAMPUP_EPOCHS BALANCE_ALPHA EPOCHS ITERS VAL_ITERS FORCE=]
+##               RAMPUP_EPOCHS BALANCE_ALPHA FINETUNE_LR EPOCHS ITERS VAL_ITERS FORCE=]
+##   evaluate    every trained model segments the held-out test set (imagesTs/) into its folder; resumable
+##               [FOLD TTA=1]
 ##   predict     INPUT=<dir|file> OUTPUT=<dir> [MODEL=moe|fullres|lowres|ensemble FOLD INFERENCE_TOP_K TTA=1 FORCE=]
 ##   gradcam     INPUT=<dir|file> OUTPUT=<dir> [MODEL=moe|fullres FOLD LAYER BACKEND=gcam|gcampp TTA=1 FORCE=]
-##   report      lowres, fullres, ensemble and MoE compared from disk: Markdown, CSV, plots [FOLD REPORT_DIR=report
-##               NSD_TOLERANCE_MM=1.0]
+##   report      lowres, fullres, ensemble, control and MoE compared from disk, on the test set (95% CIs, paired
+##               differences) and the validation fold: Markdown, CSV, plots [FOLD REPORT_DIR=report NSD_TOLERANCE_MM=1.0]
+##   experiment  DATA=<download> the whole protocol per labelled fraction x seed: convert (test set held out),
+##               preprocess, train METHODS, segment the test set; results.csv/.md and a plot [LABELED_FRACTIONS SEEDS
+##               TEST_FRACTION=0.2 EXPERIMENT_DIR=experiment METHODS="fullres control moe" SIZE=gpu|cpu GPUS=
+##               EPOCHS FINETUNE_EPOCHS ITERS VAL_ITERS WARMUP_EPOCHS RAMPUP_EPOCHS]
 ##   demo        synthetic download -> convert -> preprocess -> baseline -> weights -> semi -> predict -> gradcam -> report,
 ##               on the CPU [DEMO_DIR=demo]
 ##   test        pytest
@@ -160,7 +183,7 @@ synthetic: setup
 convert: setup
 	@test -n "$(DATA)" || { echo "ERROR: set DATA=<folder of the COVID-19-20 download> (or run 'make demo')" >&2; exit 1; }
 	$(PY) -m covidseg.convert "$(DATA)" --task-id $(TASK) --task-name $(TASK_NAME) \
-		--labeled-fraction $(LABELED_FRACTION) --seed $(SEED) \
+		--labeled-fraction $(LABELED_FRACTION) --test-fraction $(TEST_FRACTION) --seed $(SEED) \
 		$(if $(EXTRA_UNLABELED),--extra-unlabeled "$(EXTRA_UNLABELED)") $(if $(FORCE),--force)
 
 preprocess: setup
@@ -169,13 +192,21 @@ preprocess: setup
 baseline: setup
 	$(PY) -m covidseg.baseline $(WORKFLOW_ARGS)
 
-MOE_ARGS := --task $(TASK) --fold $(FOLD) --plans $(PLANS) --trainer $(TRAINER) --moe-trainer $(MOE_TRAINER) $(if $(FORCE),--force)
+MOE_ARGS := --task $(TASK) --fold $(FOLD) --plans $(PLANS) --trainer $(TRAINER) --moe-trainer $(MOE_TRAINER) \
+	--control-trainer $(CONTROL_TRAINER) $(if $(FORCE),--force)
+
+control: setup
+	$(PY) -m covidseg.control $(MOE_ARGS)
 
 weights: setup
 	$(PY) -m covidseg.weights $(MOE_ARGS)
 
 semi: setup
 	$(PY) -m covidseg.semi $(MOE_ARGS)
+
+evaluate: setup
+	$(PY) -m covidseg.evaluate --task $(TASK) --fold $(FOLD) --plans $(PLANS) --trainer $(TRAINER) \
+		--moe-trainer $(MOE_TRAINER) --control-trainer $(CONTROL_TRAINER) $(if $(filter 0,$(TTA)),--disable-tta)
 
 predict: setup
 	@test -n "$(INPUT)" -a -n "$(OUTPUT)" || { echo "ERROR: set INPUT=<CT file or folder> and OUTPUT=<folder>" >&2; exit 1; }
@@ -188,7 +219,16 @@ gradcam: setup
 
 report: setup
 	$(PY) -m covidseg.report --task $(TASK) --fold $(FOLD) --plans $(PLANS) --trainer $(TRAINER) \
-		--moe-trainer $(MOE_TRAINER) --output "$(REPORT_DIR)" --tolerance-mm $(NSD_TOLERANCE_MM)
+		--moe-trainer $(MOE_TRAINER) --control-trainer $(CONTROL_TRAINER) --output "$(REPORT_DIR)" \
+		--tolerance-mm $(NSD_TOLERANCE_MM)
+
+experiment: setup
+	@test -n "$(DATA)" || { echo "ERROR: set DATA=<folder of the COVID-19-20 download> (or a synthetic one)" >&2; exit 1; }
+	$(PY) -m covidseg.experiment "$(DATA)" --dir "$(EXPERIMENT_DIR)" --labeled-fractions $(LABELED_FRACTIONS) \
+		--seeds $(SEEDS) --methods $(METHODS) --size $(SIZE) $(if $(filter-out 0,$(TEST_FRACTION)),--test-fraction $(TEST_FRACTION)) \
+		$(if $(GPUS),--gpus $(GPUS)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(FINETUNE_EPOCHS),--finetune-epochs $(FINETUNE_EPOCHS)) \
+		$(if $(ITERS),--iterations $(ITERS)) $(if $(VAL_ITERS),--val-iterations $(VAL_ITERS)) \
+		$(if $(WARMUP_EPOCHS),--warmup-epochs $(WARMUP_EPOCHS)) $(if $(RAMPUP_EPOCHS),--rampup-epochs $(RAMPUP_EPOCHS))
 
 # ---------------------------------------------------------------- demo
 DEMO_ENV := nnUNet_raw_data_base=$(DEMO_DIR)/nnUNet_raw nnUNet_preprocessed=$(DEMO_DIR)/nnUNet_preprocessed \

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from covidseg.core.errors import WorkflowError, main_guard
-from covidseg.core.nnunet_runs import print_and_save_dice_table, train_or_resume, validation_dice
+from covidseg.core.nnunet_runs import (add_validation_argument, print_and_save_dice_table, train_or_resume,
+                                      validation_dice)
 from covidseg.core.workspace import (add_model_arguments, configurations, ensemble_dir, ground_truth_dir, load_plans,
                                      run, task_name)
 
@@ -27,18 +28,24 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_model_arguments(parser, moe=False)
     parser.add_argument("--force", action="store_true", help="retrain configurations that are already trained")
+    parser.add_argument("--fullres-only", action="store_true",
+                        help="train 3d_fullres only (no 3d_lowres, no ensemble): what `make experiment` compares")
+    add_validation_argument(parser)
     args = parser.parse_args(argv)
 
     task = task_name(args.task)
     plans = load_plans(task, args.plans)
     trained = {}
-    for configuration in configurations(plans):
+    for configuration in ["3d_fullres"] if args.fullres_only else configurations(plans):
         trained[configuration] = train_or_resume(configuration, args.task, task, args.trainer, args.plans, args.fold,
-                                                 args.force)
-    if "3d_lowres" not in trained:
+                                                 args.force, validate=not args.no_validation)
+    if "3d_lowres" not in trained and not args.fullres_only:
         print("NOTE: the plans have no 3d_lowres stage, so there is no lowres model and no ensemble; "
               "continuing with 3d_fullres only.")
 
+    if args.no_validation:
+        print("validation skipped (--no-validation)")
+        return
     references = ground_truth_dir(task)
     results = {"fullres": validation_dice(trained["3d_fullres"] / "validation_raw", references)}
     if "3d_lowres" in trained:

@@ -1,7 +1,7 @@
 """`make convert`: the COVID-19-20 download -> an nnU-Net v1 raw task (see covidseg.data.conversion).
 
-    python -m covidseg.convert <download> [--task-id 200] [--labeled-fraction 0.5] [--seed 0]
-                               [--extra-unlabeled <folder>] [--force]
+    python -m covidseg.convert <download> [--task-id 200] [--labeled-fraction 0.5] [--test-fraction 0]
+                               [--seed 0] [--extra-unlabeled <folder>] [--force]
 
 `python scripts/COVID_19_20.py` is the same command (the seed workflow's name for it).
 """
@@ -30,7 +30,10 @@ def parse_arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--labeled-fraction", type=float, default=0.5,
                         help="fraction of the train set that keeps its labels; the rest becomes the unlabelled pool "
                              "(1.0: plain fully supervised task). Default 0.5")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the labelled/unlabelled split")
+    parser.add_argument("--test-fraction", type=float, default=0.0,
+                        help="fraction of the train set held out, with its labels, as the test set (imagesTs/, "
+                             "labelsTs/); drawn first, so it does not depend on the labelled fraction. Default 0")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the test/labelled/unlabelled split")
     parser.add_argument("--extra-unlabeled", type=Path, default=None,
                         help="a folder of further CT .nii.gz files (e.g. MosMed studies) for the unlabelled pool")
     parser.add_argument("--force", action="store_true", help="replace an existing task folder")
@@ -42,13 +45,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if not 0 < args.labeled_fraction <= 1:
         raise WorkflowError(f"the labelled fraction must be in (0, 1], got {args.labeled_fraction} "
                             f"(LABELED_FRACTION / --labeled-fraction)")
+    if not 0 <= args.test_fraction < 1:
+        raise WorkflowError(f"the test fraction must be in [0, 1), got {args.test_fraction} "
+                            f"(TEST_FRACTION / --test-fraction)")
     if args.output_base is None:
         raise WorkflowError("set nnUNet_raw_data_base or pass --output-base (the Makefile sets it)")
     task_dir = args.output_base / f"Task{args.task_id:03d}_{args.task_name}"
     if task_dir.exists() and not args.force:
         raise WorkflowError(f"{task_dir} exists; pass --force (make: FORCE=1) to replace it")
     download = conversion.validate(args.download, args.extra_unlabeled)
-    conversion.write_task(download, task_dir, args.labeled_fraction, args.seed, args.force)
+    conversion.write_task(download, task_dir, args.labeled_fraction, args.seed, args.force, args.test_fraction)
 
 
 if __name__ == "__main__":

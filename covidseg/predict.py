@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 from covidseg.core.errors import WorkflowError, main_guard
+from covidseg.core.nnunet_runs import nnunet_predict
 from covidseg.core.workspace import add_model_arguments, run, task_name, trained_model_dir
 from covidseg.data.ct_inputs import collect_inputs, ensure_writable, refuse_overwrite
 
@@ -28,13 +29,6 @@ def check_models(task: str, model: str, args) -> List[Path]:
     return [trained_model_dir(configuration, task, args.moe_trainer if kind == "moe" else args.trainer, args.plans,
                               args.fold, "make semi" if kind == "moe" else "make baseline")
             for configuration, kind in MODELS[model]]
-
-
-def predict(images: Path, output: Path, task_id: int, configuration: str, trainer: str, plans: str, fold,
-            npz: bool, tta: bool) -> None:
-    command = ["nnUNet_predict", "-i", str(images), "-o", str(output), "-t", str(task_id), "-m", configuration,
-               "-tr", trainer, "-p", plans, "-f", str(fold), "-chk", "model_final_checkpoint"]
-    run(command + (["--save_npz"] if npz else []) + ([] if tta else ["--disable_tta"]))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -63,16 +57,17 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             parts = []
             for folder, (configuration, _) in zip(folders, MODELS["ensemble"]):
                 part = Path(tmp) / configuration
-                predict(staged, part, args.task, configuration, args.trainer, args.plans, args.fold, npz=True,
-                        tta=not args.disable_tta)
+                nnunet_predict(staged, part, args.task, configuration, args.trainer, args.plans, args.fold, npz=True,
+                               tta=not args.disable_tta)
                 parts.append(str(part))
             result = Path(tmp) / "ensemble"
             run(["nnUNet_ensemble", "-f", *parts, "-o", str(result)])
         else:
             configuration, kind = MODELS[args.model][0]
             result = Path(tmp) / "result"
-            predict(staged, result, args.task, configuration, args.moe_trainer if kind == "moe" else args.trainer,
-                    args.plans, args.fold, npz=False, tta=not args.disable_tta)
+            nnunet_predict(staged, result, args.task, configuration,
+                           args.moe_trainer if kind == "moe" else args.trainer, args.plans, args.fold, npz=False,
+                           tta=not args.disable_tta)
         for case in inputs:
             produced = result / f"{case}.nii.gz"
             if not produced.is_file():

@@ -1,15 +1,20 @@
-"""`make report`: compare 3d_lowres, 3d_fullres, their ensemble and the MoE from what is on disk.
+"""`make report`: compare 3d_lowres, 3d_fullres, their ensemble, the same-budget control and the MoE from disk.
 
-Reads every model's validation predictions of the fold (nothing is retrained), computes per-case metrics
-against nnU-Net's reference segmentations in physical space (covidseg.evaluation.metrics: Dice, NSD at a
-tolerance, HD95 in mm, volume error in ml) and writes into the report folder:
+Reads every model's predictions (nothing is retrained), computes per-case metrics against the references in
+physical space (covidseg.evaluation.metrics: Dice, NSD at a tolerance, HD95 in mm, volume error in ml) and
+writes into the report folder:
 
-    report.md            header (task, labelled fraction, case counts, training length) and a table per model
-    metrics.csv          one row per model and case, plus a mean row per model
-    dice_boxplot.png     Dice over cases per model
-    paired_dice.png      per-case Dice, baseline 3d_fullres vs MoE
-    moe_training.png     the MoE's losses, lambda and expert usage per epoch (its moe_log.json)
-    overlay_<case>.png   the cases where MoE and baseline differ most: CT, reference and both contours
+    report.md               header (task, fractions, case counts, training budgets), then
+                            "Test set": the held-out cases that `make evaluate` segmented, with 95% bootstrap
+                            CIs and paired differences (covidseg.evaluation.held_out), when there is a test set;
+                            "Validation": the fold's validation cases, as nnU-Net's training validated them
+    test_metrics.csv        one row per model and test case
+    paired_test_dice.png    per test case, MoE vs control (or vs 3d_fullres when there is no control)
+    metrics.csv             one row per model and validation case, plus a mean row per model
+    dice_boxplot.png        validation Dice over cases per model
+    paired_dice.png         per validation case, baseline 3d_fullres vs MoE
+    moe_training.png        the MoE's losses, lambda and expert usage per epoch (its moe_log.json)
+    overlay_<case>.png      the validation cases where MoE and baseline differ most: CT, reference, both contours
 
 A model that does not exist is listed as missing; one whose predictions miss cases the others have is
 reported with the cases it lacks.
@@ -19,7 +24,7 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import matplotlib
 
@@ -31,25 +36,16 @@ import torch  # noqa: E402
 
 from covidseg.core.challenge import LESION_LABEL  # noqa: E402
 from covidseg.core.errors import WorkflowError, main_guard, translate_errors  # noqa: E402
-from covidseg.core.workspace import (add_model_arguments, ensemble_dir, ground_truth_dir, model_dir,  # noqa: E402
-                                     raw_data_dir, task_name)
+from covidseg.core.workspace import (ENSEMBLE, add_model_arguments, ground_truth_dir, model_folders,  # noqa: E402
+                                     raw_data_dir, task_name, test_labels_dir, test_predictions_dir,
+                                     validation_predictions_dir)
 from covidseg.data.ct_inputs import LUNG_WINDOW  # noqa: E402
+from covidseg.evaluation import held_out  # noqa: E402
 from covidseg.evaluation.metrics import CaseFileError, CaseMetrics, metrics_per_case  # noqa: E402
 
 
-def model_folders(task: str, trainer: str, moe_trainer: str, plans: str, fold) -> Dict[str, Dict]:
-    """name -> {'predictions': folder of validation predictions, 'model': trained model folder or None}."""
-    fullres, lowres = model_dir("3d_fullres", task, trainer, plans, fold), model_dir("3d_lowres", task, trainer, plans,
-                                                                                     fold)
-    moe = model_dir("3d_fullres", task, moe_trainer, plans, fold)
-    return {"lowres": {"predictions": lowres / "validation_raw", "model": lowres},
-            "fullres": {"predictions": fullres / "validation_raw", "model": fullres},
-            "ensemble": {"predictions": ensemble_dir(task, trainer, plans, fold), "model": None},
-            "moe": {"predictions": moe / "validation_raw", "model": moe}}
-
-
-def training_length(model: Optional[Path]) -> str:
-    if model is None or not (model / "model_final_checkpoint.model").is_file():
+def training_length(model: Path) -> str:
+    if not (model / "model_final_checkpoint.model").is_file():
         return "-"
     epochs = torch.load(model / "model_final_checkpoint.model", map_location="cpu", weights_only=False)["epoch"]
     iterations = "?"
@@ -73,17 +69,19 @@ def summarise(scores: Dict[str, CaseMetrics]) -> dict:
             "empty_prediction": sum(r.prediction_empty for r in rows)}
 
 
-def header(task: str, fold, folders: Dict[str, Dict]) -> List[str]:
+def header(task: str, fold, folders: Dict[str, Path]) -> List[str]:
     raw = raw_data_dir() / task
     split = json.loads((raw / "split.json").read_text()) if (raw / "split.json").is_file() else {}
     dataset = json.loads((raw / "dataset.json").read_text()) if (raw / "dataset.json").is_file() else {}
-    lines = [f"# Validation report: {task}, fold {fold}", "",
-             f"- labelled fraction: {split.get('labeled_fraction', '?')} (seed {split.get('seed', '?')})",
+    lines = [f"# Report: {task}, fold {fold}", "",
+             f"- labelled fraction: {split.get('labeled_fraction', '?')} (seed {split.get('seed', '?')}); "
+             f"test fraction: {split.get('test_fraction', 0)}",
              f"- labelled cases: {dataset.get('numTraining', '?')}; unlabelled cases: "
-             f"{dataset.get('numUnlabeled', len(dataset.get('unlabeled', [])))}"]
-    for name, info in folders.items():
-        if info["model"] is not None:
-            lines.append(f"- training of {name}: {training_length(info['model'])}")
+             f"{dataset.get('numUnlabeled', len(dataset.get('unlabeled', [])))}; held-out test cases: "
+             f"{dataset.get('numTest', 0)}"]
+    for name, folder in folders.items():
+        if name != ENSEMBLE:
+            lines.append(f"- training of {name}: {training_length(folder)}")
     return lines
 
 
@@ -130,18 +128,20 @@ def plot_dice_boxplot(scores: Dict[str, Dict[str, CaseMetrics]], path: Path) -> 
     plt.close(fig)
 
 
-def plot_paired_dice(baseline: Dict[str, CaseMetrics], moe: Dict[str, CaseMetrics], path: Path) -> None:
-    cases = sorted(set(baseline) & set(moe))
+def plot_paired_dice(x_scores: Dict[str, CaseMetrics], y_scores: Dict[str, CaseMetrics], x_name: str, y_name: str,
+                     path: Path, cases: Optional[List[str]] = None) -> None:
+    """Per-case Dice of two models on their common cases (or `cases`): above the diagonal `y_name` is better."""
+    cases = sorted(set(x_scores) & set(y_scores)) if cases is None else cases
     fig, ax = plt.subplots(figsize=(5, 5))
-    b, m = [baseline[c].dice for c in cases], [moe[c].dice for c in cases]
+    b, m = [x_scores[c].dice for c in cases], [y_scores[c].dice for c in cases]
     colours = ["tab:green" if y > x else "tab:red" if y < x else "tab:grey" for x, y in zip(b, m)]
     ax.scatter(b, m, c=colours)
     for x, y, c in zip(b, m, cases):
         ax.annotate(c.replace("volume-covid19-", ""), (x, y), fontsize=7, alpha=0.7)
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
-    ax.set_xlabel("Dice, baseline 3d_fullres")
-    ax.set_ylabel("Dice, MoE")
-    ax.set_title("Per case: above the line the MoE helps")
+    ax.set_xlabel(f"Dice, {x_name}")
+    ax.set_ylabel(f"Dice, {y_name}")
+    ax.set_title(f"Per case ({len(cases)}): above the line {y_name} is better", fontsize=10)
     ax.set_xlim(-0.02, 1.02)
     ax.set_ylim(-0.02, 1.02)
     fig.tight_layout()
@@ -178,6 +178,57 @@ def plot_overlay(case: str, ct_path: Path, reference: Path, baseline: Path, moe:
     plt.close(fig)
 
 
+def score(folders: Dict[str, Path], predictions_of, references: Path, tolerance_mm: float, what: str
+          ) -> Tuple[Dict[str, Dict[str, CaseMetrics]], List[str]]:
+    """Per-case metrics of every model whose predictions folder (predictions_of(name, folder)) holds any, and the
+    names of those that have none."""
+    scores, missing = {}, []
+    for name, folder in folders.items():
+        predictions = predictions_of(name, folder)
+        if predictions.is_dir() and any(predictions.glob("*.nii.gz")):
+            with translate_errors(CaseFileError, context=f"cannot score the {name} model's {what} predictions"):
+                scores[name] = metrics_per_case(predictions, references, tolerance_mm)
+        else:
+            missing.append(name)
+    return scores, missing
+
+
+def write_test_csv(scores: Dict[str, Dict[str, CaseMetrics]], path: Path) -> None:
+    fields = list(CaseMetrics.__dataclass_fields__)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["model", "case"] + fields)
+        for name, per_case in scores.items():
+            for case, m in sorted(per_case.items()):
+                writer.writerow([name, case] + [m.as_row()[k] for k in fields])
+
+
+def held_out_section(task: str, folders: Dict[str, Path], tolerance_mm: float,
+                     out: Path) -> Tuple[List[str], List[str]]:
+    """(the report's "Test set" lines, its figures); nothing when the task has no held-out test set."""
+    labels = test_labels_dir(task)
+    if not labels.is_dir() or not any(labels.glob("*.nii.gz")):
+        return [], []
+    scores, missing = score(folders, lambda _name, folder: test_predictions_dir(folder), labels, tolerance_mm,
+                            "test")
+    n_cases = len(list(labels.glob("*.nii.gz")))
+    lines = ["## Test set", "", f"{n_cases} held-out case(s) with labels, never trained on (labelsTs/)."]
+    if not scores:
+        return lines + ["", "No model has segmented them yet: run 'make evaluate'."], []
+    lines += [""] + held_out.markdown(scores, tolerance_mm) + [""]
+    lines += [f"- {name}: not evaluated on the test set (run 'make evaluate')" for name in missing]
+    lines += [f"- {name}: segmented {len(s)} of {n_cases} test cases" for name, s in scores.items()
+              if len(s) != n_cases]
+    write_test_csv(scores, out / "test_metrics.csv")
+    figures = []
+    reference = "control" if "control" in scores else "fullres"
+    if "moe" in scores and reference in scores:
+        cases = sorted(set(held_out.lesion_cases(scores["moe"])) & set(held_out.lesion_cases(scores[reference])))
+        plot_paired_dice(scores[reference], scores["moe"], reference, "moe", out / "paired_test_dice.png", cases)
+        figures.append("paired_test_dice.png")
+    return lines + ["", "Per-case values: test_metrics.csv", ""], figures
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_model_arguments(parser)
@@ -190,14 +241,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     references = ground_truth_dir(task)
     if not references.is_dir():
         raise WorkflowError(f"no reference segmentations in {references}: run 'make preprocess' first")
-    folders = model_folders(task, args.trainer, args.moe_trainer, args.plans, args.fold)
-    scores, missing = {}, []
-    for name, info in folders.items():
-        if info["predictions"].is_dir() and any(info["predictions"].glob("*.nii.gz")):
-            with translate_errors(CaseFileError, context=f"cannot score the {name} model's predictions"):
-                scores[name] = metrics_per_case(info["predictions"], references, args.tolerance_mm)
-        else:
-            missing.append(name)
+    folders = model_folders(task, args.plans, args.fold, args.trainer, args.control_trainer, args.moe_trainer)
+    scores, missing = score(folders, validation_predictions_dir, references, args.tolerance_mm, "validation")
     if not scores:
         raise WorkflowError(f"no model of {task} fold {args.fold} has validation predictions: run 'make baseline'")
     all_cases = sorted(set().union(*[set(s) for s in scores.values()]))
@@ -206,22 +251,27 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
-    summary = header(task, args.fold, folders) + [""] + markdown_table(summaries, missing, lacking, args.tolerance_mm)
+    test_lines, figures = held_out_section(task, folders, args.tolerance_mm, out)
+    validation = [f"## Validation (fold {args.fold})", ""] + markdown_table(summaries, missing, lacking,
+                                                                           args.tolerance_mm)
+    summary = header(task, args.fold, folders) + [""] + test_lines + validation
     lines = list(summary)
     write_csv(scores, summaries, out / "metrics.csv")
     plot_dice_boxplot(scores, out / "dice_boxplot.png")
-    figures = ["dice_boxplot.png"]
+    figures.append("dice_boxplot.png")
     if "fullres" in scores and "moe" in scores:
-        plot_paired_dice(scores["fullres"], scores["moe"], out / "paired_dice.png")
+        plot_paired_dice(scores["fullres"], scores["moe"], "baseline 3d_fullres", "MoE", out / "paired_dice.png")
         figures.append("paired_dice.png")
         common = sorted(set(scores["fullres"]) & set(scores["moe"]),
                         key=lambda c: -abs(scores["moe"][c].dice - scores["fullres"][c].dice))
         for case in common[:args.overlays]:
-            plot_overlay(case, raw_data_dir() / task / "imagesTr" / f"{case}_0000.nii.gz", references / f"{case}.nii.gz",
-                         folders["fullres"]["predictions"] / f"{case}.nii.gz",
-                         folders["moe"]["predictions"] / f"{case}.nii.gz", out / f"overlay_{case}.png")
+            plot_overlay(case, raw_data_dir() / task / "imagesTr" / f"{case}_0000.nii.gz",
+                         references / f"{case}.nii.gz",
+                         validation_predictions_dir("fullres", folders["fullres"]) / f"{case}.nii.gz",
+                         validation_predictions_dir("moe", folders["moe"]) / f"{case}.nii.gz",
+                         out / f"overlay_{case}.png")
             figures.append(f"overlay_{case}.png")
-    if "moe" not in missing and plot_moe_training(folders["moe"]["model"] / "moe_log.json", out / "moe_training.png"):
+    if "moe" not in missing and plot_moe_training(folders["moe"] / "moe_log.json", out / "moe_training.png"):
         figures.append("moe_training.png")
     lines += ["", "Metrics: Dice; normalised surface Dice (NSD) at the tolerance; HD95 in mm; volume error in ml. "
               "Both masks empty: Dice = NSD = 1, HD95 = 0. One empty: Dice = NSD = 0, HD95 undefined (counted, "

@@ -3,13 +3,14 @@
     nnUNet_train 3d_fullres nnUNetTrainerV2_moe <task> <fold> --npz -pretrained_weights <moe_init_fold_F.model>
 
 The initialisation comes from `make weights`; the unlabelled pool from `make preprocess`. Prints the
-validation Dice of the baseline 3d_fullres model and of the MoE on the same cases.
+validation Dice of the baseline 3d_fullres model, its same-budget control (when `make control` trained it)
+and the MoE on the same cases.
 """
 import argparse
 from typing import Optional, Sequence
 
 from covidseg.core.errors import WorkflowError, main_guard
-from covidseg.core.nnunet_runs import print_and_save_dice_table, train_or_resume, validation_dice
+from covidseg.core.nnunet_runs import add_validation_argument, print_validation_table, train_or_resume
 from covidseg.core.workspace import (add_model_arguments, ground_truth_dir, load_plans, model_dir, moe_init_file,
                                      task_name)
 
@@ -18,6 +19,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_model_arguments(parser)
     parser.add_argument("--force", action="store_true", help="retrain the MoE from its initialisation")
+    add_validation_argument(parser)
     args = parser.parse_args(argv)
 
     task = task_name(args.task)
@@ -26,16 +28,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if not init.is_file():
         raise WorkflowError(f"no MoE initialisation {init}: run 'make weights' first")
     moe = train_or_resume("3d_fullres", args.task, task, args.moe_trainer, args.plans, args.fold, args.force,
-                          first_start_args=["-pretrained_weights", str(init)])
+                          first_start_args=["-pretrained_weights", str(init)], validate=not args.no_validation)
+    if args.no_validation:
+        return
 
-    references = ground_truth_dir(task)
-    results = {"moe": validation_dice(moe / "validation_raw", references)}
-    baseline = model_dir("3d_fullres", task, args.trainer, args.plans, args.fold) / "validation_raw"
-    if list(baseline.glob("*.nii.gz")):
-        results = {"fullres": validation_dice(baseline, references), **results}
-    if not results["moe"]:
-        raise WorkflowError(f"no validation predictions in {moe / 'validation_raw'}")
-    print_and_save_dice_table(results, moe.parent / f"moe_vs_baseline_dice_fold_{args.fold}.csv")
+    models = {"fullres": model_dir("3d_fullres", task, args.trainer, args.plans, args.fold),
+              "control": model_dir("3d_fullres", task, args.control_trainer, args.plans, args.fold), "moe": moe}
+    print_validation_table(models, ground_truth_dir(task), "moe",
+                           moe.parent / f"moe_vs_baseline_dice_fold_{args.fold}.csv")
 
 
 if __name__ == "__main__":

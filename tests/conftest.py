@@ -35,13 +35,14 @@ def nnunet_folders(tmp_path, monkeypatch) -> dict:
 
 @pytest.fixture(scope="session")
 def workflow(tmp_path_factory) -> Workflow:
-    """synthetic download -> convert (60% labelled) -> preprocess (CPU demo planner, unlabelled pool too)
-    -> baseline: 3d_fullres trained for 24 epochs of 25 iterations, 3d_lowres for 2 of 3, ensembled."""
+    """synthetic download (12 train cases) -> convert (2 held-out test cases; of the other 10, 60% labelled)
+    -> preprocess (CPU demo planner, unlabelled pool too) -> baseline: 3d_fullres trained for 24 epochs of 25
+    iterations, 3d_lowres for 2 of 3, ensembled."""
     flow = Workflow(tmp_path_factory.mktemp("workflow"))
-    write_download(flow.root / "download", n_train=10, n_validation=2, seed=5, settings=WORKFLOW_PHANTOMS)
+    write_download(flow.root / "download", n_train=12, n_validation=2, seed=5, settings=WORKFLOW_PHANTOMS)
     flow.outputs["convert"] = flow.command("convert", str(flow.root / "download"), "--output-base",
                                            str(flow.root / "raw" / "nnUNet_raw_data"), "--labeled-fraction",
-                                           "0.6").stdout
+                                           "0.6", "--test-fraction", "0.2").stdout
     flow.outputs["preprocess"] = flow.command("preprocess", "--task", str(TASK), "--planner3d",
                                               "ExperimentPlanner3D_v21_CPUDemo", "--plans", PLANS, "--tl", "1",
                                               "--tf", "1").stdout
@@ -60,3 +61,20 @@ def moe_workflow(workflow) -> Workflow:
     workflow.outputs["weights"] = workflow.command("weights", *workflow.workflow_args()).stdout
     workflow.outputs["semi"] = workflow.command("semi", *workflow.workflow_args()).stdout
     return workflow
+
+
+@pytest.fixture(scope="session")
+def control_workflow(moe_workflow) -> Workflow:
+    """Then make control (nnUNetTrainerV2_finetune from the baseline, the MoE's 2 epochs of 3 iterations) at
+    FINETUNE_LR=0.002."""
+    moe_workflow.outputs["control"] = moe_workflow.command("control", *moe_workflow.workflow_args(),
+                                                           env_extra={"FINETUNE_LR": "0.002"}).stdout
+    return moe_workflow
+
+
+@pytest.fixture(scope="session")
+def evaluated_workflow(control_workflow) -> Workflow:
+    """Then make evaluate: every model segments the 2 held-out test cases."""
+    control_workflow.outputs["evaluate"] = control_workflow.command("evaluate", *control_workflow.workflow_args(),
+                                                                    "--disable-tta").stdout
+    return control_workflow

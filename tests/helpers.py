@@ -73,8 +73,9 @@ class Workflow:
         """nnU-Net's folder of a trained configuration: RESULTS_FOLDER/nnUNet/<config>/<task>/<trainer>__<plans>/fold_F."""
         return self.root / "results" / "nnUNet" / configuration / TASK_NAME / f"{trainer}__{PLANS}" / f"fold_{FOLD}"
 
-    def command(self, name: str, *args: str, expect_ok: bool = True) -> subprocess.CompletedProcess:
-        return run_command(name, *args, env=self.env, expect_ok=expect_ok)
+    def command(self, name: str, *args: str, expect_ok: bool = True, env_extra: Optional[dict] = None
+                ) -> subprocess.CompletedProcess:
+        return run_command(name, *args, env=dict(self.env, **(env_extra or {})), expect_ok=expect_ok)
 
     def workflow_args(self):
         return ["--task", str(TASK), "--fold", str(FOLD), "--plans", PLANS, "--trainer", TRAINER]

@@ -83,3 +83,18 @@ def test_a_patch_that_does_not_apply_stops_with_its_name(pristine_tree, tmp_path
     result = apply(pristine_tree, PATCHES_DIR=broken_dir)
     assert result.returncode != 0
     assert f"{PATCHES[0].name} does not apply" in result.stderr
+
+
+def test_a_partly_applied_series_is_completed(pristine_tree):
+    """A later patch may change the context of an earlier one (0006 edits lines 0005 needs): the series is checked
+    as a whole, so a tree with the first patches applied gets exactly the rest."""
+    half = len(PATCHES) // 2
+    for patch in PATCHES[:half]:
+        assert git_apply(pristine_tree, patch).returncode == 0
+    result = apply(pristine_tree)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("patch applied:") == len(PATCHES) - half
+    assert f"patches: {half} of {len(PATCHES)} already applied" in result.stdout
+    for patch in PATCHES:
+        for path in [line[6:] for line in patch.read_text().splitlines() if line.startswith("+++ b/")]:
+            assert (pristine_tree / path).read_bytes() == (REPO / "nnUNet" / path).read_bytes()

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 
 from covidseg.convert import main
 from covidseg.core.challenge import TRAIN_SHEET, VALIDATION_SHEET, WORKBOOK_NAME
-from covidseg.data.conversion import split_labeled
+from covidseg.data.conversion import split_train_cases
 from tests.helpers import REPO, exit_status
 
 
@@ -77,10 +77,64 @@ def test_fraction_one_is_the_plain_supervised_task(synthetic_download, tmp_path)
 
 def test_split_is_reproducible_per_seed():
     names = [f"volume-covid19-A-{i:04d}" for i in range(20)]
-    assert split_labeled(names, 0.5, seed=3) == split_labeled(list(reversed(names)), 0.5, seed=3)
-    assert split_labeled(names, 0.5, seed=3) != split_labeled(names, 0.5, seed=4)
-    labeled, unlabeled = split_labeled(names, 0.3, seed=3)
-    assert len(labeled) == 6 and sorted(labeled + unlabeled) == names
+    assert split_train_cases(names, 0.5, seed=3) == split_train_cases(list(reversed(names)), 0.5, seed=3)
+    assert split_train_cases(names, 0.5, seed=3) != split_train_cases(names, 0.5, seed=4)
+    split = split_train_cases(names, 0.3, seed=3)
+    assert split.test == [] and len(split.labeled) == 6 and sorted(split.labeled + split.unlabeled) == names
+
+
+NAMES = [f"volume-covid19-A-{i:04d}" for i in range(3, 203)]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+@pytest.mark.parametrize("test_fraction", [0.1, 0.2])
+def test_test_set_is_disjoint_and_does_not_depend_on_the_labelled_fraction(seed, test_fraction):
+    splits = [split_train_cases(NAMES, fraction, seed, test_fraction) for fraction in (0.1, 0.25, 0.5, 1.0)]
+    for split in splits:
+        assert split.test == splits[0].test and len(split.test) == round(test_fraction * len(NAMES))
+        assert not set(split.test) & set(split.labeled) and not set(split.test) & set(split.unlabeled)
+        assert not set(split.labeled) & set(split.unlabeled)
+        assert sorted(split.test + split.labeled + split.unlabeled) == NAMES
+    assert split_train_cases(NAMES, 0.25, seed, test_fraction) == splits[1]  # reproducible
+
+
+@pytest.mark.parametrize("seed", [0, 1, 7])
+def test_smaller_labelled_fractions_are_nested_in_larger_ones(seed):
+    labeled = [set(split_train_cases(NAMES, fraction, seed, 0.2).labeled) for fraction in (0.1, 0.25, 0.5, 1.0)]
+    assert [len(s) for s in labeled] == [16, 40, 80, 160]
+    assert labeled[0] < labeled[1] < labeled[2] < labeled[3]
+
+
+def test_test_fraction_zero_keeps_the_earlier_split():
+    """Tasks converted before the test set existed keep their labelled cases (same seed, same fraction)."""
+    order = np.random.RandomState(5).permutation(sorted(NAMES)).tolist()
+    assert split_train_cases(NAMES, 0.5, 5, 0.0).labeled == sorted(order[:100])
+
+
+def test_held_out_test_set_is_written_with_labels_and_never_trained_on(synthetic_download, tmp_path):
+    assert convert(synthetic_download, tmp_path, "--labeled-fraction", "0.5", "--test-fraction", "0.25") == 0
+    task = task_dir(tmp_path)
+    split = json.loads((task / "split.json").read_text())
+    dataset = json.loads((task / "dataset.json").read_text())
+    assert len(split["test"]) == 2 and split["test_fraction"] == 0.25
+    assert dataset["numTest"] == 2 and dataset["test"] == [f"./imagesTs/{n}.nii.gz" for n in split["test"]]
+    assert sorted(split["test"] + split["labeled"] + split["unlabeled_from_train"]) == train_names(synthetic_download)
+    assert sorted(p.name for p in (task / "imagesTs").iterdir()) == [f"{n}_0000.nii.gz" for n in split["test"]]
+    assert sorted(p.name for p in (task / "labelsTs").iterdir()) == [f"{n}.nii.gz" for n in split["test"]]
+    for name in split["test"]:
+        for folder in ("imagesTr", "labelsTr", "imagesUnlabeled"):
+            assert not any(name in p.name for p in (task / folder).iterdir()), f"{name} in {folder}"
+        assert (task / "labelsTs" / f"{name}.nii.gz").read_bytes() == \
+            (synthetic_download / "Train" / f"{name}_seg.nii.gz").read_bytes()
+
+
+@pytest.mark.parametrize("fraction,message", [("1.0", "must be in [0, 1)"), ("0.95", "leaves no case to train on")])
+def test_a_test_fraction_that_leaves_nothing_to_train_on_is_refused(synthetic_download, tmp_path, capsys, fraction,
+                                                                     message):
+    assert convert(synthetic_download, tmp_path, "--test-fraction", fraction) == 1
+    err = capsys.readouterr().err
+    assert message in err and "TEST_FRACTION" in err
+    assert not task_dir(tmp_path).exists() and not list(tmp_path.glob(".Task*"))
 
 
 def test_no_unlabelled_mask_enters_the_task(synthetic_download, tmp_path):

@@ -1,5 +1,10 @@
 """What patches/ gives the pinned nnU-Net: each test here fails on the unpatched 1.6.6 tree (the patch headers
 name them). Tests about the CPU path hide CUDA, so they check the same thing with or without a GPU."""
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -93,3 +98,11 @@ def test_a_bad_training_length_is_refused(monkeypatch, value):
     monkeypatch.setenv("nnUNet_max_num_epochs", value)
     with pytest.raises(ValueError, match="nnUNet_max_num_epochs must be a positive integer"):
         apply_training_length_from_environment(NetworkTrainer(deterministic=False, fp16=False))
+
+
+# ------------------------------------------------------------------ 0006 --disable_validation_inference
+
+def test_nnunet_train_can_skip_the_validation_inference():
+    nnunet_train = shutil.which("nnUNet_train", path=str(Path(sys.executable).parent))
+    result = subprocess.run([nnunet_train, "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "--disable_validation_inference" in result.stdout

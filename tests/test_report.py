@@ -1,4 +1,5 @@
-"""make report on the tiny workflow: files, tables, missing models and models lacking cases."""
+"""make report on the tiny workflow: files, tables (test set and validation), missing models and models lacking
+cases."""
 import csv
 import shutil
 
@@ -9,16 +10,17 @@ from tests.helpers import MOE_TRAINER, TASK_NAME, run_command, run_env
 
 
 @pytest.fixture(scope="module")
-def report(moe_workflow, tmp_path_factory):
+def report(evaluated_workflow, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
-    result = moe_workflow.command("report", *moe_workflow.workflow_args(), "--moe-trainer", MOE_TRAINER,
-                                 "--output", str(out))
+    result = evaluated_workflow.command("report", *evaluated_workflow.workflow_args(), "--moe-trainer", MOE_TRAINER,
+                                        "--output", str(out))
     return out, result.stdout
 
 
 def test_report_files(report):
     out, _ = report
-    for name in ("report.md", "metrics.csv", "dice_boxplot.png", "paired_dice.png", "moe_training.png"):
+    for name in ("report.md", "metrics.csv", "dice_boxplot.png", "paired_dice.png", "moe_training.png",
+                 "test_metrics.csv", "paired_test_dice.png"):
         assert (out / name).stat().st_size > 0, name
     assert len(list(out.glob("overlay_*.png"))) >= 1
 
@@ -26,11 +28,34 @@ def test_report_files(report):
 def test_markdown_has_header_and_a_row_per_model(report):
     out, stdout = report
     text = (out / "report.md").read_text()
-    assert "labelled fraction: 0.6" in text and "labelled cases: 6; unlabelled cases: 4" in text
-    assert "training of moe: 2 epochs x 3 iterations" in text
-    for model in ("lowres", "fullres", "ensemble", "moe"):
-        assert f"| {model} |" in text and f"| {model} |" in stdout
+    assert "labelled fraction: 0.6" in text and "test fraction: 0.2" in text
+    assert "labelled cases: 6; unlabelled cases: 4; held-out test cases: 2" in text
+    assert "training of moe: 2 epochs x 3 iterations" in text and "training of control: 2 epochs x 3 iterations" in text
+    validation = text.split("## Validation (fold 4)")[1]
+    for model in ("lowres", "fullres", "ensemble", "control", "moe"):
+        assert f"| {model} |" in validation and f"| {model} |" in stdout
     assert "![paired_dice.png](paired_dice.png)" in text
+
+
+def test_test_set_section_has_intervals_lesion_free_cases_apart_and_paired_differences(report, evaluated_workflow):
+    out, stdout = report
+    text = (out / "report.md").read_text()
+    assert text.index("## Test set") < text.index("## Validation")
+    section = text.split("## Test set")[1].split("## Validation")[0]
+    assert "2 held-out case(s)" in section and section in stdout
+    references = [sitk.GetArrayFromImage(sitk.ReadImage(str(p))).any()
+                  for p in sorted((evaluated_workflow.raw_task / "labelsTs").glob("*.nii.gz"))]
+    for model in ("lowres", "fullres", "ensemble", "control", "moe"):
+        row = next(line for line in section.splitlines() if line.startswith(f"| {model} |")).split("|")[1:-1]
+        assert int(row[1]) == sum(references) and int(row[6]) == len(references) - sum(references)
+        if sum(references):
+            mean, low, high = (float(v) for v in row[2].replace("[", "").replace("]", "").replace(",", "").split())
+            assert low <= mean <= high and 0 <= low and high <= 1
+    for comparison in ("moe - control", "moe - fullres", "control - fullres", "ensemble - fullres"):
+        line = next(line for line in section.splitlines() if line.startswith(f"| {comparison} |"))
+        assert "significant" in line or "no common cases" in line
+    rows = list(csv.DictReader(open(out / "test_metrics.csv")))
+    assert len(rows) == 5 * 2 and {r["model"] for r in rows} == {"lowres", "fullres", "ensemble", "control", "moe"}
 
 
 def test_csv_has_every_case_of_every_model(report, moe_workflow):

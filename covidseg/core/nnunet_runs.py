@@ -10,7 +10,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from covidseg.core.errors import translate_errors
+from covidseg.core.errors import WorkflowError, translate_errors
 from covidseg.core.workspace import model_dir, run
 from covidseg.evaluation.metrics import CaseFileError, dice_per_case
 
@@ -22,15 +22,16 @@ def has_npz_validation(folder: Path) -> bool:
 
 
 def train_or_resume(configuration: str, task_id: int, task: str, trainer: str, plans: str, fold, force: bool,
-                    first_start_args: List[str] = ()) -> Path:
-    """Train (or resume, or skip) one configuration; returns its fold folder. first_start_args only for a fresh start."""
+                    first_start_args: List[str] = (), validate: bool = True) -> Path:
+    """Train (or resume, or skip) one configuration; returns its fold folder. first_start_args only for a fresh start.
+    validate=False: no inference on the fold's validation cases after training (patch 0006), for fold `all`."""
     folder = model_dir(configuration, task, trainer, plans, fold)
     # --disable_next_stage_pred (patch 0005): the workflow ensembles 3d_lowres, it never trains the cascade
     command = ["nnUNet_train", configuration, trainer, str(task_id), str(fold), "-p", plans, "--npz",
-               "--disable_next_stage_pred"]
+               "--disable_next_stage_pred"] + ([] if validate else ["--disable_validation_inference"])
     if (folder / "model_final_checkpoint.model").is_file() and not force:
         print(f"{configuration} {trainer}: already trained ({folder}); FORCE=1 retrains it")
-        if not has_npz_validation(folder):
+        if validate and not has_npz_validation(folder):
             run(command + ["-val"])
     elif (folder / "model_latest.model").is_file() and not force:
         print(f"{configuration} {trainer}: resuming the interrupted training in {folder}")
@@ -40,16 +41,42 @@ def train_or_resume(configuration: str, task_id: int, task: str, trainer: str, p
     return folder
 
 
+def nnunet_predict(images: Path, output: Path, task_id: int, configuration: str, trainer: str, plans: str, fold,
+                   npz: bool, tta: bool) -> None:
+    """nnUNet_predict of every <case>_0000.nii.gz in `images` with a model's final checkpoint; cases whose
+    segmentation is already in `output` are skipped (nnU-Net's own rule), so an interrupted run resumes."""
+    command = ["nnUNet_predict", "-i", str(images), "-o", str(output), "-t", str(task_id), "-m", configuration,
+               "-tr", trainer, "-p", plans, "-f", str(fold), "-chk", "model_final_checkpoint"]
+    run(command + (["--save_npz"] if npz else []) + ([] if tta else ["--disable_tta"]))
+
+
 def validation_dice(predictions: Path, references: Path) -> Dict[str, float]:
-    """case -> Dice of every validation prediction in `predictions` against nnU-Net's reference segmentations."""
+    """case -> Dice of every prediction in `predictions` against the same-named reference segmentation."""
     with translate_errors(CaseFileError, context=f"cannot score the predictions in {predictions}"):
         return dice_per_case(predictions, references)
 
 
-def print_and_save_dice_table(results: Dict[str, Dict[str, float]], csv_path: Path) -> None:
+def add_validation_argument(parser) -> None:
+    parser.add_argument("--no-validation", action="store_true",
+                        help="no inference on the fold's validation cases after training (for fold 'all', where they "
+                             "are the training cases; make experiment evaluates on the held-out test set instead)")
+
+
+def print_validation_table(models: Dict[str, Path], references: Path, required: str, csv_path: Path) -> None:
+    """Validation Dice of the models (name -> fold folder) that have validation predictions, on the same cases;
+    the `required` one must have them."""
+    results = {name: validation_dice(folder / "validation_raw", references) for name, folder in models.items()
+               if any((folder / "validation_raw").glob("*.nii.gz"))}
+    if not results.get(required):
+        raise WorkflowError(f"no validation predictions in {models[required] / 'validation_raw'}")
+    print_and_save_dice_table(results, csv_path)
+
+
+def print_and_save_dice_table(results: Dict[str, Dict[str, float]], csv_path: Path,
+                              title: str = "Validation Dice (lesion)") -> None:
     """results: model -> case -> Dice. Prints the mean per model; writes per-case rows and the means as CSV."""
     cases = sorted(next(iter(results.values())))
-    print(f"\nValidation Dice (lesion), {len(cases)} case(s):")
+    print(f"\n{title}, {len(cases)} case(s):")
     print(f"  {'model':<10} {'mean Dice':>9}")
     for model, scores in results.items():
         print(f"  {model:<10} {np.mean(list(scores.values())):>9.4f}")

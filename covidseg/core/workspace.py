@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 from covidseg.core.errors import WorkflowError
 
@@ -66,8 +66,13 @@ def configurations(plans: dict) -> List[str]:
     return ["3d_fullres", "3d_lowres"] if len(plans["plans_per_stage"]) > 1 else ["3d_fullres"]
 
 
+def fold_folder(fold) -> str:
+    """nnU-Net's name of a fold's folder: fold_<F>, or all for the fold that trains on every case."""
+    return "all" if str(fold) == "all" else f"fold_{fold}"
+
+
 def model_dir(configuration: str, task: str, trainer: str, plans: str, fold) -> Path:
-    return env_folder("RESULTS_FOLDER") / "nnUNet" / configuration / task / f"{trainer}__{plans}" / f"fold_{fold}"
+    return env_folder("RESULTS_FOLDER") / "nnUNet" / configuration / task / f"{trainer}__{plans}" / fold_folder(fold)
 
 
 def trained_model_dir(configuration: str, task: str, trainer: str, plans: str, fold, make_target: str) -> Path:
@@ -89,6 +94,37 @@ def ensemble_dir(task: str, trainer: str, plans: str, fold) -> Path:
             f"ensemble_3d_fullres_3d_lowres__{trainer}__{plans}" / f"fold_{fold}")
 
 
+ENSEMBLE = "ensemble"
+TEST_PREDICTIONS = "test_predictions"
+
+
+def model_folders(task: str, plans: str, fold, trainer: str, control_trainer: str, moe_trainer: str) -> Dict[str, Path]:
+    """Every model the workflow makes, name -> its fold folder, in the order reports list them: lowres, fullres
+    and their ensemble (its folder holds the ensembled validation predictions), the control, the MoE."""
+    return {"lowres": model_dir("3d_lowres", task, trainer, plans, fold),
+            "fullres": model_dir("3d_fullres", task, trainer, plans, fold),
+            ENSEMBLE: ensemble_dir(task, trainer, plans, fold),
+            "control": model_dir("3d_fullres", task, control_trainer, plans, fold),
+            "moe": model_dir("3d_fullres", task, moe_trainer, plans, fold)}
+
+
+def validation_predictions_dir(name: str, folder: Path) -> Path:
+    return folder if name == ENSEMBLE else folder / "validation_raw"
+
+
+def test_predictions_dir(folder: Path) -> Path:
+    """Where `make evaluate` writes a model's segmentations of the held-out test set."""
+    return folder / TEST_PREDICTIONS
+
+
+def test_images_dir(task: str) -> Path:
+    return raw_data_dir() / task / "imagesTs"
+
+
+def test_labels_dir(task: str) -> Path:
+    return raw_data_dir() / task / "labelsTs"
+
+
 def ground_truth_dir(task: str) -> Path:
     """nnU-Net copies the training labels here during preprocessing."""
     return preprocessed_dir(task) / "gt_segmentations"
@@ -103,13 +139,16 @@ def executable(name: str) -> str:
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, moe: bool = True) -> None:
-    """The arguments that name a task's models: --task, --fold, --plans, --trainer (and --moe-trainer)."""
+    """The arguments that name a task's models: --task, --fold, --plans, --trainer (and --moe-trainer,
+    --control-trainer)."""
     parser.add_argument("--task", type=int, required=True, help="task id, e.g. 200")
     parser.add_argument("--fold", default="4")
     parser.add_argument("--plans", default="nnUNetPlansv2.1", help="plans identifier")
     parser.add_argument("--trainer", default="nnUNetTrainerV2", help="the baseline's trainer")
     if moe:
         parser.add_argument("--moe-trainer", default="nnUNetTrainerV2_moe")
+        parser.add_argument("--control-trainer", default="nnUNetTrainerV2_finetune",
+                            help="the MoE's same-budget control (make control)")
 
 
 def run(command: List[str]) -> None:

@@ -5,12 +5,14 @@ Input (the download):
     Train/<name>_ct.nii.gz, Train/<name>_seg.nii.gz, Validation/<name>_ct.nii.gz
 
 Output: $nnUNet_raw_data_base/nnUNet_raw_data/Task<ID>_<NAME>/
-    imagesTr/<name>_0000.nii.gz, labelsTr/<name>.nii.gz   the labelled fraction of the train set
-    imagesUnlabeled/<name>_0000.nii.gz                     the rest of the train set and any
+    imagesTs/<name>_0000.nii.gz, labelsTs/<name>.nii.gz   the held-out test set: --test-fraction of the
+                                                           train set, with labels, never trained on
+    imagesTr/<name>_0000.nii.gz, labelsTr/<name>.nii.gz   the labelled fraction of the rest of the train set
+    imagesUnlabeled/<name>_0000.nii.gz                     the remaining train cases and any
                                                            --extra-unlabeled scans, images only
     imagesVal/<name>_0000.nii.gz                           the validation set (no labels exist)
     dataset.json                                           nnU-Net's, plus "unlabeled" and "validation"
-    split.json                                             fraction, seed and the ids of each group
+    split.json                                             fractions, seed and the ids of each group
 
 Everything is checked before anything is written; every problem is reported with its case. The task
 is built in a temporary folder and renamed into place at the end, so an interrupted run leaves no
@@ -22,7 +24,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, NamedTuple, Optional
 
 import numpy as np
 import pandas as pd
@@ -176,14 +178,35 @@ def validate(root: Path, extra_unlabeled: Optional[Path]) -> Download:
     return download
 
 
-def split_labeled(train: List[str], labeled_fraction: float, seed: int):
-    """Deterministic split of the train cases into (labelled, unlabelled), both sorted."""
-    order = np.random.RandomState(seed).permutation(sorted(train))
-    n_labeled = max(1, int(round(labeled_fraction * len(train))))
-    return sorted(order[:n_labeled].tolist()), sorted(order[n_labeled:].tolist())
+class Split(NamedTuple):
+    """The train set's cases by role, each sorted."""
+    test: List[str]       # held out with their labels: imagesTs/, labelsTs/
+    labeled: List[str]    # imagesTr/, labelsTr/
+    unlabeled: List[str]  # imagesUnlabeled/ (their masks are never copied)
 
 
-def dataset_json(task_name: str, labeled: List[str], unlabeled: List[str], validation: List[str]) -> dict:
+def split_train_cases(train: List[str], labeled_fraction: float, seed: int, test_fraction: float = 0.0) -> Split:
+    """Deterministic split of the train cases into test, labelled and unlabelled cases.
+
+    One permutation of the sorted names per seed: the test set is its first round(test_fraction * N) cases
+    (at least one when test_fraction > 0), so it depends on the seed and the test fraction only; the
+    labelled cases are the next round(labeled_fraction * the rest) (at least one), so with one seed a smaller
+    labelled fraction is a subset of a larger one and curves over fractions compare like with like; the
+    unlabelled pool is what remains. test_fraction=0 gives exactly the labelled/unlabelled split of earlier
+    versions.
+    """
+    order = np.random.RandomState(seed).permutation(sorted(train)).tolist()
+    n_test = max(1, int(round(test_fraction * len(order)))) if test_fraction > 0 else 0
+    if n_test >= len(order):
+        raise WorkflowError(f"a test fraction of {test_fraction} of {len(order)} train cases leaves no case to train "
+                            f"on (TEST_FRACTION / --test-fraction)")
+    rest = order[n_test:]
+    n_labeled = max(1, int(round(labeled_fraction * len(rest))))
+    return Split(sorted(order[:n_test]), sorted(rest[:n_labeled]), sorted(rest[n_labeled:]))
+
+
+def dataset_json(task_name: str, split: Split, unlabeled: List[str], validation: List[str]) -> dict:
+    """nnU-Net's dataset.json; `unlabeled`: the split's unlabelled cases and any extra unlabelled scans."""
     return {
         "name": task_name,
         "description": "COVID-19-20 lung lesion segmentation (grand-challenge.org COVID-19-20)",
@@ -193,10 +216,10 @@ def dataset_json(task_name: str, labeled: List[str], unlabeled: List[str], valid
         "tensorImageSize": "3D",
         "modality": {"0": "CT"},
         "labels": LABELS,
-        "numTraining": len(labeled),
-        "numTest": 0,
-        "training": [{"image": f"./imagesTr/{n}.nii.gz", "label": f"./labelsTr/{n}.nii.gz"} for n in labeled],
-        "test": [],
+        "numTraining": len(split.labeled),
+        "numTest": len(split.test),
+        "training": [{"image": f"./imagesTr/{n}.nii.gz", "label": f"./labelsTr/{n}.nii.gz"} for n in split.labeled],
+        "test": [f"./imagesTs/{n}.nii.gz" for n in split.test],
         "numUnlabeled": len(unlabeled),
         "unlabeled": [f"./imagesUnlabeled/{n}.nii.gz" for n in unlabeled],
         "numValidation": len(validation),
@@ -204,8 +227,10 @@ def dataset_json(task_name: str, labeled: List[str], unlabeled: List[str], valid
     }
 
 
-def write_task(download: Download, task_dir: Path, labeled_fraction: float, seed: int, force: bool) -> None:
-    labeled, held_back = split_labeled(download.train, labeled_fraction, seed)
+def write_task(download: Download, task_dir: Path, labeled_fraction: float, seed: int, force: bool,
+               test_fraction: float = 0.0) -> None:
+    split = split_train_cases(download.train, labeled_fraction, seed, test_fraction)
+    labeled, held_back = split.labeled, split.unlabeled
     extra = sorted(download.extra_unlabeled)
     task_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{task_dir.name}.", dir=task_dir.parent))
@@ -214,17 +239,20 @@ def write_task(download: Download, task_dir: Path, labeled_fraction: float, seed
         copies += [(download.seg(n), tmp / "labelsTr" / f"{n}.nii.gz") for n in labeled]
         copies += [(download.ct(n), tmp / "imagesUnlabeled" / f"{n}_0000.nii.gz") for n in held_back + extra]
         copies += [(download.ct(n), tmp / "imagesVal" / f"{n}_0000.nii.gz") for n in download.validation]
-        for sub in ("imagesTr", "labelsTr", "imagesUnlabeled", "imagesVal"):
+        copies += [(download.ct(n), tmp / "imagesTs" / f"{n}_0000.nii.gz") for n in split.test]
+        copies += [(download.seg(n), tmp / "labelsTs" / f"{n}.nii.gz") for n in split.test]
+        for sub in ("imagesTr", "labelsTr", "imagesUnlabeled", "imagesVal") + (("imagesTs", "labelsTs") if split.test
+                                                                                else ()):
             (tmp / sub).mkdir()
         for src, dst in tqdm(copies, desc=f"writing {task_dir.name}", unit="file", disable=None):
             dst_tmp = dst.with_name(dst.name + ".part")
             shutil.copyfile(src, dst_tmp)
             os.replace(dst_tmp, dst)
         (tmp / "dataset.json").write_text(json.dumps(
-            dataset_json(task_dir.name, labeled, held_back + extra, download.validation), indent=2))
+            dataset_json(task_dir.name, split, held_back + extra, download.validation), indent=2))
         (tmp / "split.json").write_text(json.dumps({
-            "labeled_fraction": labeled_fraction, "seed": seed,
-            "labeled": labeled, "unlabeled_from_train": held_back,
+            "labeled_fraction": labeled_fraction, "test_fraction": test_fraction, "seed": seed,
+            "test": split.test, "labeled": labeled, "unlabeled_from_train": held_back,
             "extra_unlabeled": {n: str(download.extra_unlabeled[n]) for n in extra},
             "validation": download.validation}, indent=2))
         os.chmod(tmp, 0o755)
@@ -241,7 +269,7 @@ def write_task(download: Download, task_dir: Path, labeled_fraction: float, seed
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"{task_dir}: {len(labeled)} labelled, {len(held_back)} held-back unlabelled, "
-          f"{len(extra)} extra unlabelled, {len(download.validation)} validation cases")
+          f"{len(extra)} extra unlabelled, {len(split.test)} test, {len(download.validation)} validation cases")
     if len(labeled) < 5:
         print(f"WARNING: only {len(labeled)} labelled cases: nnU-Net's 5-fold cross-validation needs at least 5")
 

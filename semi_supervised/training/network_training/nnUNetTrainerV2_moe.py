@@ -14,6 +14,9 @@ task's preprocessed unlabelled pool. Both go through the network in one forward 
 
 lambda(epoch) is 0 for the warm-up epochs, then ramps to lambda_max with exp(-5 (1 - t)^2).
 
+The MoE continues the baseline's weights, so its initial learning rate is FINETUNE_LR (nnunet.training.
+learning_rate.finetune_lr), the same as its same-budget control nnUNetTrainerV2_finetune's.
+
 Settings (environment variables, read when the trainer is created for training; stored in the
 checkpoint's .pkl so that -c, -val and prediction rebuild the same network):
     MOE_NUM_EXPERTS (3), MOE_TOP_K (2), MOE_LAMBDA_MAX (0.3), MOE_WARMUP_EPOCHS (50),
@@ -36,6 +39,7 @@ from nnunet.network_architecture.unet_factory import generic_unet_moe
 from nnunet.preprocessing.unlabeled_preprocessing import unlabeled_stage_folder
 from nnunet.training.data_augmentation.default_data_augmentation import get_moreDA_augmentation
 from nnunet.training.dataloading.dataset_loading import DataLoader3D, DataLoader2D, load_dataset, unpack_dataset
+from nnunet.training.learning_rate.finetune_lr import finetune_learning_rate
 from nnunet.training.loss_functions.moe_losses import (consistency_weight, expert_usage, load_balancing_loss,
                                                        pairwise_consistency_loss)
 from nnunet.training.network_training.nnUNetTrainerV2 import nnUNetTrainerV2
@@ -87,6 +91,7 @@ class nnUNetTrainerV2_moe(nnUNetTrainerV2):
                  unpack_data=True, deterministic=True, fp16=False, moe_settings: Optional[dict] = None):
         super().__init__(plans_file, fold, output_folder, dataset_directory, batch_dice, stage, unpack_data,
                          deterministic, fp16)
+        self.initial_lr = finetune_learning_rate()  # it continues the baseline, like its control (finetune_lr)
         self.moe = MoESettings(**moe_settings) if moe_settings is not None else MoESettings.from_environment()
         # stored in the checkpoint's .pkl: restoring the trainer rebuilds the same mixture
         self.init_args = self.init_args + (asdict(self.moe),)

@@ -1,0 +1,361 @@
+"""`make experiment`: the whole comparison protocol in one command, over labelled fractions and seeds.
+
+For every labelled fraction x seed (a run, in <dir>/runs/lf<fraction>_seed<seed>/, with its own nnU-Net folders):
+    convert (the test set held out first, so it is the same for every fraction of a seed; smaller labelled
+    fractions nested in larger ones) -> preprocess -> for each method (covidseg.core.methods): train it (nnU-Net's
+    fold `all`: every labelled case trains, the held-out test set does the evaluating) -> segment the test set
+then, over all runs:
+    <dir>/results.csv                  one row per fraction, seed, method and test case
+    <dir>/results.md                   per fraction: each method's mean Dice, NSD, HD95 over the test cases with a
+                                       lesion (95% bootstrap CI over seed x case), lesion-free cases apart, and the
+                                       paired differences (MoE - control, ...) with CI and Wilcoxon p
+    <dir>/dice_vs_labeled_fraction.png mean test Dice and its CI per method over the labelled fractions
+
+Every stage skips what is finished (a converted and preprocessed run, a trained model, a segmented case) and an
+interrupted training resumes, so calling it again continues where it stopped. With --gpus, independent runs go
+in parallel, one per GPU (CUDA_VISIBLE_DEVICES); without, one after another. Each run logs its commands'
+output to <run>/log.txt.
+"""
+import argparse
+import csv
+import json
+import os
+import queue
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from covidseg.core.errors import WorkflowError, main_guard, translate_errors  # noqa: E402
+from covidseg.core.methods import METHODS, Method, resolve  # noqa: E402
+from covidseg.core.workspace import fold_folder  # noqa: E402
+from covidseg.evaluation import held_out  # noqa: E402
+from covidseg.evaluation.metrics import CaseFileError, CaseMetrics, metrics_per_case  # noqa: E402
+
+TASK_ID, TASK = 200, "Task200_COVID_19_20"
+FOLD = "all"
+BASE_TRAINER = METHODS["fullres"].trainer
+TRAINING_COMMANDS = ("baseline", "control", "semi")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What SIZE sets: the planner and the training length (None: nnU-Net's or the trainer's own)."""
+    planner: str
+    plans: str
+    epochs: Optional[int]            # the baseline's
+    finetune_epochs: Optional[int]   # the control's and the MoE's (the same budget)
+    iterations: Optional[int]
+    val_iterations: Optional[int]
+    warmup_epochs: Optional[int]
+    rampup_epochs: Optional[int]
+    tta: bool
+    processes: int
+
+
+SIZES = {
+    # the CPU demo's planner and lengths: a 2-fraction, 1-seed run on a small synthetic download in about an hour
+    "cpu": Budget("ExperimentPlanner3D_v21_CPUDemo", "nnUNetPlans_CPUDemo", epochs=25, finetune_epochs=10,
+                  iterations=25, val_iterations=4, warmup_epochs=2, rampup_epochs=5, tta=False, processes=2),
+    # nnU-Net's own planner and 1000 x 250 baseline; fine-tuning for a quarter of that
+    "gpu": Budget("ExperimentPlanner3D_v21", "nnUNetPlansv2.1", epochs=None, finetune_epochs=250, iterations=None,
+                  val_iterations=None, warmup_epochs=25, rampup_epochs=100, tta=True, processes=8),
+}
+
+
+@dataclass(frozen=True)
+class Run:
+    labeled_fraction: float
+    seed: int
+    folder: Path
+
+    @property
+    def name(self) -> str:
+        return f"lf={self.labeled_fraction:g} seed={self.seed}"
+
+    @property
+    def raw_task(self) -> Path:
+        return self.folder / "raw" / "nnUNet_raw_data" / TASK
+
+    def results(self, method: Method) -> Path:
+        return self.folder / "results" / method.name
+
+    def model(self, method: Method, plans: str) -> Path:
+        return self.results(method) / "nnUNet" / "3d_fullres" / TASK / f"{method.trainer}__{plans}" / fold_folder(FOLD)
+
+
+def runs_of(folder: Path, fractions: Sequence[float], seeds: Sequence[int]) -> List[Run]:
+    return [Run(f, s, folder / "runs" / f"lf{f:g}_seed{s}") for s in seeds for f in fractions]
+
+
+class Runner:
+    """Runs the workflow's commands for one run, each in the run's folders, logging to <run>/log.txt."""
+
+    def __init__(self, run: Run, budget: Budget, download: Path, test_fraction: float, gpu: Optional[str] = None):
+        self.run, self.budget, self.download, self.test_fraction, self.gpu = run, budget, download, test_fraction, gpu
+        self.log = run.folder / "log.txt"
+
+    def say(self, message: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {self.run.name}: {message}", flush=True)
+
+    def environment(self, method: Optional[Method]) -> Dict[str, str]:
+        budget, env = self.budget, dict(os.environ)
+        epochs = budget.finetune_epochs if method is not None and method.finetunes else budget.epochs
+        settings = {"nnUNet_raw_data_base": self.run.folder / "raw",
+                    "nnUNet_preprocessed": self.run.folder / "preprocessed",
+                    "RESULTS_FOLDER": self.run.results(method) if method else self.run.folder / "results",
+                    "nnUNet_max_num_epochs": epochs, "nnUNet_num_batches_per_epoch": budget.iterations,
+                    "nnUNet_num_val_batches_per_epoch": budget.val_iterations,
+                    "MOE_WARMUP_EPOCHS": budget.warmup_epochs, "MOE_RAMPUP_EPOCHS": budget.rampup_epochs}
+        env.update({k: "" if v is None else str(v) for k, v in settings.items()})
+        env.update(method.environment if method else {})
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        if self.gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = self.gpu
+        return env
+
+    def command(self, name: str, *args: str, method: Optional[Method] = None) -> None:
+        self.run.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "a") as log:
+            log.write(f"\n$ python -m covidseg.{name} {' '.join(args)}\n")
+            log.flush()
+            result = subprocess.run([sys.executable, "-m", f"covidseg.{name}", *args], env=self.environment(method),
+                                    stdout=log, stderr=subprocess.STDOUT)
+        if result.returncode != 0:
+            tail = self.log.read_text(errors="replace").splitlines()[-15:]
+            raise WorkflowError(f"{self.run.name}: 'python -m covidseg.{name}' failed (exit {result.returncode}); "
+                                f"the run's log is {self.log}; its end:\n    " + "\n    ".join(tail))
+
+    def model_arguments(self, command: str) -> List[str]:
+        args = ["--task", str(TASK_ID), "--fold", FOLD, "--plans", self.budget.plans, "--trainer", BASE_TRAINER]
+        if command == "baseline":
+            args += ["--fullres-only"]
+        else:
+            args += ["--moe-trainer", METHODS["moe"].trainer, "--control-trainer", METHODS["control"].trainer]
+        # fold `all` validates on its own training cases: the held-out test set does the evaluating
+        return args + (["--no-validation"] if command in TRAINING_COMMANDS else [])
+
+    # ------------------------------------------------------------------ stages
+    def convert(self) -> None:
+        split = self.run.raw_task / "split.json"
+        if split.is_file():
+            recorded = json.loads(split.read_text())
+            wanted = {"labeled_fraction": self.run.labeled_fraction, "test_fraction": self.test_fraction,
+                      "seed": self.run.seed}
+            if any(recorded.get(k) != v for k, v in wanted.items()):
+                raise WorkflowError(f"{self.run.raw_task} was converted with other settings "
+                                    f"({ {k: recorded.get(k) for k in wanted} }, not {wanted}): use another "
+                                    f"EXPERIMENT_DIR, or remove {self.run.folder}")
+            return
+        self.say("convert")
+        self.command("convert", str(self.download), "--task-id", str(TASK_ID), "--labeled-fraction",
+                     str(self.run.labeled_fraction), "--test-fraction", str(self.test_fraction), "--seed",
+                     str(self.run.seed))
+
+    def preprocess(self) -> None:
+        done = self.run.folder / "preprocessed" / ".complete"
+        if done.is_file():
+            return
+        self.say("preprocess")
+        processes = str(self.budget.processes)
+        self.command("preprocess", "--task", str(TASK_ID), "--planner3d", self.budget.planner, "--plans",
+                     self.budget.plans, "--tl", processes, "--tf", processes, "--force")
+        done.write_text("preprocessing finished\n")
+
+    def link_required_models(self, method: Method) -> None:
+        """A method that starts from another's model sees it in its own RESULTS_FOLDER (a link)."""
+        for name in method.requires:
+            required = METHODS[name]
+            source = self.run.model(required, self.budget.plans).parent  # <trainer>__<plans>
+            link = self.run.results(method) / source.relative_to(self.run.results(required))
+            if not link.exists():
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(source.resolve(), target_is_directory=True)
+
+    def train_and_evaluate(self, method: Method) -> None:
+        self.link_required_models(method)
+        finished = (self.run.model(method, self.budget.plans) / "model_final_checkpoint.model").is_file()
+        self.say(f"{method.name}: {'trained' if finished else 'training'} ({', '.join(method.commands)})")
+        for command in method.commands:
+            self.command(command, *self.model_arguments(command), method=method)
+        self.say(f"{method.name}: segmenting the test set")
+        self.command("evaluate", *self.model_arguments("evaluate"), *([] if self.budget.tta else ["--disable-tta"]),
+                     method=method)
+
+    def all_stages(self, methods: Sequence[Method]) -> None:
+        self.convert()
+        self.preprocess()
+        for method in methods:
+            self.train_and_evaluate(method)
+        self.say("done")
+
+
+# ------------------------------------------------------------------ results
+
+def collect(runs: Sequence[Run], methods: Sequence[Method], plans: str) -> List[dict]:
+    """One row per run, method and test case, from the test-set segmentations on disk."""
+    rows = []
+    for run in runs:
+        labels = run.raw_task / "labelsTs"
+        for method in methods:
+            predictions = run.model(method, plans) / "test_predictions"
+            with translate_errors(CaseFileError, context=f"{run.name}: cannot score {method.name}"):
+                scores = metrics_per_case(predictions, labels)
+            for case, m in sorted(scores.items()):
+                rows.append({"labeled_fraction": run.labeled_fraction, "seed": run.seed, "method": method.name,
+                             "case": case, **m.as_row()})
+    return rows
+
+
+def write_results_csv(rows: List[dict], path: Path) -> None:
+    fields = ["labeled_fraction", "seed", "method", "case", "dice", "nsd", "hd95_mm", "volume_error_ml",
+              "reference_ml", "predicted_ml", "reference_empty", "prediction_empty"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows({k: row[k] for k in fields} for row in rows)
+
+
+def scores_by_method(rows: List[dict], fraction: float) -> Dict[str, Dict[str, CaseMetrics]]:
+    """method -> '<seed>/<case>' -> metrics: the cases of every seed pooled, paired across methods."""
+    fields = list(CaseMetrics.__dataclass_fields__)
+    scores: Dict[str, Dict[str, CaseMetrics]] = {}
+    for row in rows:
+        if row["labeled_fraction"] == fraction:
+            scores.setdefault(row["method"], {})[f"{row['seed']}/{row['case']}"] = \
+                CaseMetrics(**{k: row[k] for k in fields})
+    return scores
+
+
+def results_markdown(rows: List[dict], fractions: Sequence[float], seeds: Sequence[int], budget: Budget,
+                     size: str, test_fraction: float, methods: Sequence[Method]) -> List[str]:
+    def length(epochs: Optional[int]) -> str:
+        return f"{epochs if epochs is not None else 'default'} epochs x {budget.iterations or 'default'} iterations"
+
+    lines = ["# Experiment: test-set results per labelled fraction", "",
+             f"- SIZE={size} (planner {budget.planner}); test fraction {test_fraction:g}; seeds {list(seeds)}",
+             f"- budgets: fullres {length(budget.epochs)}; control and MoE {length(budget.finetune_epochs)} more, "
+             f"from the fullres weights",
+             "- methods: " + "; ".join(f"{m.name} ({m.description})" for m in methods),
+             "- confidence intervals: 95% bootstrap over the test cases with a lesion, pooled over seeds "
+             "(each seed has its own test set); paired differences on the same (seed, case)", ""]
+    for fraction in fractions:
+        scores = scores_by_method(rows, fraction)
+        if scores:
+            lines += [f"## Labelled fraction {fraction:g}", ""] + held_out.markdown(scores, 1.0) + [""]
+    return lines
+
+
+def plot_dice_vs_fraction(rows: List[dict], fractions: Sequence[float], methods: Sequence[Method], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for offset, method in zip(range(len(methods)), methods):
+        points = []
+        for fraction in fractions:
+            scores = scores_by_method(rows, fraction).get(method.name)
+            if scores:
+                points.append((fraction, held_out.summarise(scores).dice))
+        if points:
+            x = [f * (1 + 0.02 * (offset - (len(methods) - 1) / 2)) for f, _ in points]  # dodge the error bars
+            y = [e.mean for _, e in points]
+            errors = [[e.mean - e.low for _, e in points], [e.high - e.mean for _, e in points]]
+            ax.errorbar(x, y, yerr=errors, marker="o", capsize=3, label=method.name)
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    ax.set_xticks(list(fractions))
+    ax.set_xticklabels([f"{f:g}" for f in fractions])
+    ax.set_xlabel("labelled fraction of the train set")
+    ax.set_ylabel("test Dice (cases with a lesion)")
+    ax.set_title("Mean test Dice with 95% CI")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------ command
+
+def parse_arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("download", type=Path, help="the COVID-19-20 download (or a synthetic one)")
+    parser.add_argument("--dir", type=Path, required=True, help="the experiment's folder (EXPERIMENT_DIR)")
+    parser.add_argument("--labeled-fractions", type=float, nargs="+", default=[0.1, 0.25, 0.5])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--test-fraction", type=float, default=0.2)
+    parser.add_argument("--methods", nargs="+", default=["fullres", "control", "moe"], help=", ".join(METHODS))
+    parser.add_argument("--size", choices=sorted(SIZES), default="gpu")
+    parser.add_argument("--gpus", nargs="*", default=[], help="GPU ids: runs in parallel, one per GPU")
+    for option in ("epochs", "finetune-epochs", "iterations", "val-iterations", "warmup-epochs", "rampup-epochs"):
+        parser.add_argument(f"--{option}", type=int, default=None, help="overrides SIZE's setting")
+    return parser.parse_args(argv)
+
+
+def budget_of(args: argparse.Namespace) -> Budget:
+    overrides = {field: getattr(args, field) for field in
+                 ("epochs", "finetune_epochs", "iterations", "val_iterations", "warmup_epochs", "rampup_epochs")
+                 if getattr(args, field) is not None}
+    return replace(SIZES[args.size], **overrides)
+
+
+def run_all(runs: Sequence[Run], methods: Sequence[Method], args: argparse.Namespace, budget: Budget) -> None:
+    if not args.gpus:
+        for run in runs:
+            Runner(run, budget, args.download, args.test_fraction).all_stages(methods)
+        return
+    free: "queue.Queue[str]" = queue.Queue()
+    for gpu in args.gpus:
+        free.put(str(gpu))
+
+    def on_a_free_gpu(run: Run) -> None:
+        gpu = free.get()
+        try:
+            Runner(run, budget, args.download, args.test_fraction, gpu).all_stages(methods)
+        finally:
+            free.put(gpu)
+
+    with ThreadPoolExecutor(max_workers=len(args.gpus)) as pool:
+        for future in [pool.submit(on_a_free_gpu, run) for run in runs]:
+            future.result()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = parse_arguments(argv)
+    args.download, args.dir = args.download.resolve(), args.dir.resolve()
+    if not args.download.is_dir():
+        raise WorkflowError(f"{args.download}: download folder not found (DATA)")
+    if not 0 < args.test_fraction < 1:
+        raise WorkflowError(f"the experiment needs a held-out test set: TEST_FRACTION must be in (0, 1), "
+                            f"got {args.test_fraction}")
+    bad = [f for f in args.labeled_fractions if not 0 < f <= 1]
+    if bad:
+        raise WorkflowError(f"labelled fractions must be in (0, 1], got {bad} (LABELED_FRACTIONS)")
+    with translate_errors(ValueError, context="METHODS"):
+        methods = resolve(args.methods)
+    budget = budget_of(args)
+    fractions, seeds = sorted(set(args.labeled_fractions)), list(dict.fromkeys(args.seeds))
+    runs = runs_of(args.dir, fractions, seeds)
+    print(f"experiment in {args.dir}: {len(runs)} run(s) (labelled fractions {[f'{f:g}' for f in fractions]} x "
+          f"seeds {seeds}), methods {', '.join(m.name for m in methods)}, SIZE={args.size}", flush=True)
+    run_all(runs, methods, args, budget)
+
+    rows = collect(runs, methods, budget.plans)
+    write_results_csv(rows, args.dir / "results.csv")
+    lines = results_markdown(rows, fractions, seeds, budget, args.size, args.test_fraction, methods)
+    plot_dice_vs_fraction(rows, fractions, methods, args.dir / "dice_vs_labeled_fraction.png")
+    lines += ["![dice_vs_labeled_fraction.png](dice_vs_labeled_fraction.png)", ""]
+    (args.dir / "results.md").write_text("\n".join(lines))
+    print("\n".join(lines[:-2]))
+    print(f"results: {args.dir / 'results.csv'}, {args.dir / 'results.md'}, "
+          f"{args.dir / 'dice_vs_labeled_fraction.png'}")
+
+
+if __name__ == "__main__":
+    main_guard(main)
