@@ -30,6 +30,9 @@ DATA ?=
 CASES ?= 20
 VALIDATION_CASES ?= 4
 SYNTHETIC_SEED ?= 0
+# in-plane size and slice count ranges of the phantoms (voxels)
+SYNTHETIC_XY ?= 96 128
+SYNTHETIC_Z ?= 28 40
 TASK ?= 200
 TASK_NAME ?= COVID_19_20
 FOLD ?= 4
@@ -106,7 +109,9 @@ WORKFLOW_ARGS := --task $(TASK) --fold $(FOLD) --plans $(PLANS) --trainer $(TRAI
 
 # demo: a synthetic download, CPU-sized, in its own folder (never touches data/)
 DEMO_DIR ?= $(CURDIR)/demo
-DEMO_CASES ?= 20
+# 40 smaller phantoms, 30% of them held out: at least 8 test cases with a lesion
+DEMO_CASES ?= 40
+DEMO_TEST_FRACTION ?= 0.3
 DEMO_EPOCHS ?= 25
 DEMO_ITERS ?= 25
 DEMO_VAL_ITERS ?= 4
@@ -123,7 +128,7 @@ help:
 ## Targets (variables in brackets, defaults in the Makefile):
 ##   setup       venv [VENV=.venv], the covidseg package, nnUNet/ (submodule or PyPI sdist), patches, overlay
 ##   synthetic   DATA=<folder to write> a synthetic download in the challenge's layout [CASES=20 VALIDATION_CASES=4
-##               SYNTHETIC_SEED=0 FORCE=]
+##               SYNTHETIC_SEED=0 SYNTHETIC_XY="96 128" SYNTHETIC_Z="28 40" FORCE=]
 ##   convert     DATA=<COVID-19-20 download> [TASK=200 TASK_NAME LABELED_FRACTION=0.5 TEST_FRACTION=0 SEED=0
 ##               EXTRA_UNLABELED= FORCE=]
 ##   preprocess  nnUNet_plan_and_preprocess [TASK PLANNER3D TL=8 TF=8 FORCE=]
@@ -143,8 +148,8 @@ help:
 ##               preprocess, train METHODS, segment the test set; results.csv/.md and a plot [LABELED_FRACTIONS SEEDS
 ##               TEST_FRACTION=0.2 EXPERIMENT_DIR=experiment METHODS="fullres control moe" SIZE=gpu|cpu GPUS=
 ##               EPOCHS FINETUNE_EPOCHS ITERS VAL_ITERS WARMUP_EPOCHS RAMPUP_EPOCHS]
-##   demo        synthetic download -> convert -> preprocess -> baseline -> weights -> semi -> predict -> gradcam -> report,
-##               on the CPU [DEMO_DIR=demo]
+##   demo        synthetic download -> convert (test set held out) -> preprocess -> baseline -> control -> weights -> semi
+##               -> evaluate -> predict -> gradcam -> report, on the CPU [DEMO_DIR=demo DEMO_CASES=40 DEMO_TEST_FRACTION=0.3]
 ##   test        pytest
 
 # ---------------------------------------------------------------- setup
@@ -178,7 +183,7 @@ setup: $(STAMPS)/requirements $(STAMPS)/workspace-installed nnUNet/setup.py
 synthetic: setup
 	@test -n "$(DATA)" || { echo "ERROR: set DATA=<folder to write the synthetic download into>" >&2; exit 1; }
 	$(PY) -m covidseg.synthetic "$(DATA)" --n-train $(CASES) --n-validation $(VALIDATION_CASES) \
-		--seed $(SYNTHETIC_SEED) $(if $(FORCE),--force)
+		--seed $(SYNTHETIC_SEED) --xy $(SYNTHETIC_XY) --z $(SYNTHETIC_Z) $(if $(FORCE),--force)
 
 convert: setup
 	@test -n "$(DATA)" || { echo "ERROR: set DATA=<folder of the COVID-19-20 download> (or run 'make demo')" >&2; exit 1; }
@@ -246,17 +251,20 @@ clean-demo:
 
 demo: setup clean-demo
 	@mkdir -p $(DEMO_DIR) && touch $(DEMO_DIR)/.made-by-make-demo
-	$(call demo_stage,synthetic download,$(DEMO_MAKE) synthetic DATA=$(DEMO_DIR)/download CASES=$(DEMO_CASES) VALIDATION_CASES=2)
-	$(call demo_stage,convert,$(DEMO_MAKE) convert DATA=$(DEMO_DIR)/download)
+	$(call demo_stage,synthetic download,$(DEMO_MAKE) synthetic DATA=$(DEMO_DIR)/download CASES=$(DEMO_CASES) \
+		VALIDATION_CASES=2 SYNTHETIC_XY="100 112" SYNTHETIC_Z="28 36")
+	$(call demo_stage,convert,$(DEMO_MAKE) convert DATA=$(DEMO_DIR)/download TEST_FRACTION=$(DEMO_TEST_FRACTION))
 	$(call demo_stage,preprocess,$(DEMO_MAKE) preprocess)
 	$(call demo_stage,baseline,$(DEMO_MAKE) baseline)
+	$(call demo_stage,control,$(DEMO_MAKE) control EPOCHS=$(DEMO_SEMI_EPOCHS))
 	$(call demo_stage,weights,$(DEMO_MAKE) weights)
 	$(call demo_stage,semi,$(DEMO_MAKE) semi EPOCHS=$(DEMO_SEMI_EPOCHS))
+	$(call demo_stage,evaluate,$(DEMO_MAKE) evaluate TTA=0)
 	$(call demo_stage,predict,$(DEMO_MAKE) predict TTA=0 INPUT=$(DEMO_DIR)/download/Validation OUTPUT=$(DEMO_DIR)/predictions)
 	@mkdir -p $(DEMO_DIR)/gradcam_input && ln -sf $$(ls $(DEMO_DIR)/download/Validation/*_ct.nii.gz | head -1) $(DEMO_DIR)/gradcam_input/
 	$(call demo_stage,gradcam,$(DEMO_MAKE) gradcam TTA=0 INPUT=$(DEMO_DIR)/gradcam_input OUTPUT=$(DEMO_DIR)/gradcam)
 	$(call demo_stage,report,$(DEMO_MAKE) report REPORT_DIR=$(DEMO_DIR)/report > $(DEMO_DIR)/report.log)
-	@echo; sed -n '/^| model/,$$p' $(DEMO_DIR)/report/report.md | sed '/^!\[/d'
+	@echo; sed -n '/^## Test set/,$$p' $(DEMO_DIR)/report/report.md | sed '/^!\[/d'
 	@echo; echo "demo finished; stage wall times:"; cat $(DEMO_DIR)/timings.txt
 	@echo "outputs: download $(DEMO_DIR)/download | raw task $(DEMO_DIR)/nnUNet_raw/nnUNet_raw_data"
 	@echo "         preprocessed $(DEMO_DIR)/nnUNet_preprocessed | models, validation and ensemble $(DEMO_DIR)/nnUNet_trained_models/nnUNet"
