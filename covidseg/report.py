@@ -101,7 +101,9 @@ def markdown_table(summaries: Dict[str, dict], missing: List[str], lacking: Dict
     return lines
 
 
-def write_csv(scores: Dict[str, Dict[str, CaseMetrics]], summaries: Dict[str, dict], path: Path) -> None:
+def write_csv(scores: Dict[str, Dict[str, CaseMetrics]], path: Path, summaries: Optional[Dict[str, dict]] = None
+              ) -> None:
+    """One row per model and case; with `summaries`, a mean row per model after its cases."""
     fields = list(CaseMetrics.__dataclass_fields__)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
@@ -109,8 +111,9 @@ def write_csv(scores: Dict[str, Dict[str, CaseMetrics]], summaries: Dict[str, di
         for name, per_case in scores.items():
             for case, m in sorted(per_case.items()):
                 writer.writerow([name, case] + [m.as_row()[k] for k in fields])
-            s = summaries[name]
-            writer.writerow([name, "mean", s["dice"], s["nsd"], s["hd95_mm"], "", "", "", "", ""])
+            if summaries is not None:
+                s = summaries[name]
+                writer.writerow([name, "mean", s["dice"], s["nsd"], s["hd95_mm"], "", "", "", "", ""])
 
 
 def plot_dice_boxplot(scores: Dict[str, Dict[str, CaseMetrics]], path: Path) -> None:
@@ -193,16 +196,6 @@ def score(folders: Dict[str, Path], predictions_of, references: Path, tolerance_
     return scores, missing
 
 
-def write_test_csv(scores: Dict[str, Dict[str, CaseMetrics]], path: Path) -> None:
-    fields = list(CaseMetrics.__dataclass_fields__)
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["model", "case"] + fields)
-        for name, per_case in scores.items():
-            for case, m in sorted(per_case.items()):
-                writer.writerow([name, case] + [m.as_row()[k] for k in fields])
-
-
 def held_out_section(task: str, folders: Dict[str, Path], tolerance_mm: float,
                      out: Path) -> Tuple[List[str], List[str]]:
     """(the report's "Test set" lines, its figures); nothing when the task has no held-out test set."""
@@ -219,7 +212,7 @@ def held_out_section(task: str, folders: Dict[str, Path], tolerance_mm: float,
     lines += [f"- {name}: not evaluated on the test set (run 'make evaluate')" for name in missing]
     lines += [f"- {name}: segmented {len(s)} of {n_cases} test cases" for name, s in scores.items()
               if len(s) != n_cases]
-    write_test_csv(scores, out / "test_metrics.csv")
+    write_csv(scores, out / "test_metrics.csv")
     figures = []
     reference = "control" if "control" in scores else "fullres"
     if "moe" in scores and reference in scores:
@@ -256,7 +249,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                                                                            args.tolerance_mm)
     summary = header(task, args.fold, folders) + [""] + test_lines + validation
     lines = list(summary)
-    write_csv(scores, summaries, out / "metrics.csv")
+    write_csv(scores, out / "metrics.csv", summaries)
     plot_dice_boxplot(scores, out / "dice_boxplot.png")
     figures.append("dice_boxplot.png")
     if "fullres" in scores and "moe" in scores:
