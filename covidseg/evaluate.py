@@ -59,18 +59,19 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                            tta=not args.disable_tta)
     if ensemble:
         output = test_predictions_dir(folders[ENSEMBLE])
-        output.mkdir(parents=True, exist_ok=True)
-        run(["nnUNet_ensemble", "-f", str(test_predictions_dir(trained["lowres"])),
-             str(test_predictions_dir(trained["fullres"])), "-o", str(output)])
+        if missing_cases(output, cases):
+            output.mkdir(parents=True, exist_ok=True)
+            run(["nnUNet_ensemble", "-f", str(test_predictions_dir(trained["lowres"])),
+                 str(test_predictions_dir(trained["fullres"])), "-o", str(output)])
         trained[ENSEMBLE] = folders[ENSEMBLE]
 
     results: Dict[str, Dict[str, float]] = {}
     for name in folders:  # report order
         if name in trained:
-            results[name] = validation_dice(test_predictions_dir(trained[name]), test_labels_dir(task))
             if missing_cases(test_predictions_dir(trained[name]), cases):
                 raise WorkflowError(f"{name}: nnU-Net left test cases unsegmented in "
                                     f"{test_predictions_dir(trained[name])}")
+            results[name] = validation_dice(test_predictions_dir(trained[name]), test_labels_dir(task))
     print_and_save_dice_table(results, folders["fullres"].parent.parent / f"test_dice_fold_{args.fold}.csv",
                               title="Test-set Dice (lesion; all test cases, see make report for CIs)")
 

@@ -235,8 +235,11 @@ def scores_by_method(rows: List[dict], fraction: float) -> Dict[str, Dict[str, C
     return scores
 
 
-def results_markdown(rows: List[dict], fractions: Sequence[float], seeds: Sequence[int], budget: Budget,
-                     size: str, test_fraction: float, methods: Sequence[Method]) -> List[str]:
+ScoresByFraction = Dict[float, Dict[str, Dict[str, CaseMetrics]]]  # fraction -> method -> '<seed>/<case>' -> metrics
+
+
+def results_markdown(scores: ScoresByFraction, seeds: Sequence[int], budget: Budget, size: str,
+                     test_fraction: float, methods: Sequence[Method]) -> List[str]:
     def length(epochs: Optional[int]) -> str:
         return f"{epochs if epochs is not None else 'default'} epochs x {budget.iterations or 'default'} iterations"
 
@@ -247,21 +250,18 @@ def results_markdown(rows: List[dict], fractions: Sequence[float], seeds: Sequen
              "- methods: " + "; ".join(f"{m.name} ({m.description})" for m in methods),
              "- confidence intervals: 95% bootstrap over the test cases with a lesion, pooled over seeds "
              "(each seed has its own test set); paired differences on the same (seed, case)", ""]
-    for fraction in fractions:
-        scores = scores_by_method(rows, fraction)
-        if scores:
-            lines += [f"## Labelled fraction {fraction:g}", ""] + held_out.markdown(scores, 1.0) + [""]
+    for fraction, by_method in scores.items():
+        if by_method:
+            lines += [f"## Labelled fraction {fraction:g}", ""] + held_out.markdown(by_method, 1.0) + [""]
     return lines
 
 
-def plot_dice_vs_fraction(rows: List[dict], fractions: Sequence[float], methods: Sequence[Method], path: Path) -> None:
+def plot_dice_vs_fraction(scores: ScoresByFraction, methods: Sequence[Method], path: Path) -> None:
+    fractions = list(scores)
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for offset, method in zip(range(len(methods)), methods):
-        points = []
-        for fraction in fractions:
-            scores = scores_by_method(rows, fraction).get(method.name)
-            if scores:
-                points.append((fraction, held_out.summarise(scores).dice))
+    for offset, method in enumerate(methods):
+        points = [(fraction, held_out.summarise(by_method[method.name]).dice)
+                  for fraction, by_method in scores.items() if by_method.get(method.name)]
         if points:
             x = [f * (1 + 0.02 * (offset - (len(methods) - 1) / 2)) for f, _ in points]  # dodge the error bars
             y = [e.mean for _, e in points]
@@ -348,8 +348,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     rows = collect(runs, methods, budget.plans)
     write_results_csv(rows, args.dir / "results.csv")
-    lines = results_markdown(rows, fractions, seeds, budget, args.size, args.test_fraction, methods)
-    plot_dice_vs_fraction(rows, fractions, methods, args.dir / "dice_vs_labeled_fraction.png")
+    scores = {fraction: scores_by_method(rows, fraction) for fraction in fractions}
+    lines = results_markdown(scores, seeds, budget, args.size, args.test_fraction, methods)
+    plot_dice_vs_fraction(scores, methods, args.dir / "dice_vs_labeled_fraction.png")
     lines += ["![dice_vs_labeled_fraction.png](dice_vs_labeled_fraction.png)", ""]
     (args.dir / "results.md").write_text("\n".join(lines))
     print("\n".join(lines[:-2]))
