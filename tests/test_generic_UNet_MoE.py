@@ -37,6 +37,33 @@ def test_inference_returns_one_full_resolution_tensor(dim):
 
 
 @pytest.mark.parametrize("dim", DIMS)
+def test_a_given_decision_routes_the_batch_like_the_gate_did(dim):
+    """The strong view of an unlabelled batch goes to the experts its weak view chose, with its weights."""
+    from nnunet.network_architecture.generic_UNet_MoE import GateDecision
+    net = tiny_moe(dim, num_experts=3, top_k=2).eval()
+    indices = torch.tensor([[0, 1], [2, 0], [1, 2], [2, 1]])
+    weights = torch.tensor([[0.7, 0.3]] * 4)
+    x = batch(dim)
+    with torch.no_grad():
+        routed = net(x, decision=GateDecision(indices, weights, torch.full((4, 3), 1 / 3)))
+        assert torch.equal(routed.gate.indices, indices)
+        for b in range(4):
+            references = [net.decode(int(e), *net.encode(x[b:b + 1]))[0] for e in indices[b]]
+            for j, reference in enumerate(references):
+                assert torch.allclose(routed.slots[j][0][b:b + 1], reference, atol=1e-4)
+            assert torch.allclose(routed.combined[0][b:b + 1], 0.7 * references[0] + 0.3 * references[1], atol=1e-4)
+
+
+def test_shared_parameters_are_the_encoder_and_the_shared_decoder_blocks():
+    net = tiny_moe(3, num_experts=3, top_k=2)
+    shared = {id(p) for p in net.shared_parameters()}
+    names = [n for n, p in net.named_parameters() if id(p) in shared]
+    assert names and all(n.startswith(("conv_blocks_context.", "conv_blocks_localization.")) for n in names)
+    assert len(shared) + sum(1 for n, _ in net.named_parameters() if n.startswith(("experts.", "gate."))) == \
+        len(list(net.parameters()))
+
+
+@pytest.mark.parametrize("dim", DIMS)
 def test_top_k_picks_the_largest_logits_and_softmaxes_them(dim):
     net = randomize_gate(tiny_moe(dim, num_experts=4, top_k=2)).eval()
     x = batch(dim)

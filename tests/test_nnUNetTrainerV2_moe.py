@@ -9,16 +9,18 @@ import torch
 
 from tests.helpers import FOLD, PLANS
 
-MOE = dict(num_experts=3, top_k=2, lambda_max=0.3, warmup_epochs=0, rampup_epochs=1, balance_alpha=0.01)
+MOE = dict(num_experts=3, top_k=2, balance_alpha=0.01)
+CONSISTENCY = dict(kind="weak_strong", threshold=0.5, lambda_max=0.3, warmup_epochs=0, rampup_epochs=1)
 
 
-def make_trainer(workflow, output, dataset_directory=None, **overrides):
+def make_trainer(workflow, output, dataset_directory=None, consistency=None, **overrides):
     from nnunet.training.network_training.nnUNetTrainerV2_moe import nnUNetTrainerV2_moe
     trainer = nnUNetTrainerV2_moe(str(workflow.preprocessed_task / f"{PLANS}_plans_3D.pkl"), FOLD,
                                   output_folder=str(output),
                                   dataset_directory=str(dataset_directory or workflow.preprocessed_task),
                                   batch_dice=True, stage=1, unpack_data=True, deterministic=False, fp16=True,
-                                  moe_settings={**MOE, **overrides})
+                                  moe_settings={**MOE, **overrides},
+                                  consistency_settings={**CONSISTENCY, **(consistency or {})})
     trainer.max_num_epochs, trainer.num_batches_per_epoch, trainer.num_val_batches_per_epoch = 1, 2, 1
     return trainer
 
@@ -29,9 +31,9 @@ def shut_down(trainer):
             generator._finish()
 
 
-@pytest.fixture
-def trainer(workflow, tmp_path):
-    trainer = make_trainer(workflow, tmp_path)
+@pytest.fixture(params=["weak_strong", "cps"])
+def trainer(workflow, tmp_path, request):
+    trainer = make_trainer(workflow, tmp_path, consistency={"kind": request.param})
     trainer.initialize(True)
     yield trainer
     shut_down(trainer)
@@ -64,9 +66,36 @@ def test_iterations_use_unlabelled_batches_update_the_gate_and_let_identical_exp
     losses = [trainer.run_iteration(trainer.tr_gen, do_backprop=True) for _ in range(3)]
     assert all(np.isfinite(loss) for loss in losses)
     assert all(s["consistency"] > 0 for s in trainer._epoch_stats)  # the unlabelled batch was used
+    assert trainer._grad_share["consistency_grad_share"] > 0  # measured on the first iteration only
     assert not torch.equal(gate_before, trainer.network.gate.w_gate.weight)
     params = [torch.cat([p.flatten() for p in e.parameters()]) for e in experts]
     assert not torch.equal(params[0], params[1]) and not torch.equal(params[1], params[2])
+
+
+def make_experts_identical(network):
+    with torch.no_grad():
+        for expert in network.experts[1:]:
+            expert.load_state_dict(network.experts[0].state_dict())
+
+
+def test_weak_to_strong_consistency_moves_the_shared_weights_even_when_the_experts_are_copies(workflow, tmp_path):
+    from nnunet.utilities.to_torch import maybe_to_torch
+    trainer = make_trainer(workflow, tmp_path, consistency={"threshold": 0.0})
+    trainer.initialize(True)
+    try:
+        torch.manual_seed(0)
+        make_experts_identical(trainer.network)
+        trainer.epoch = 3
+        unlabeled = maybe_to_torch(next(trainer.unlabeled_gen)["data"])
+        term = trainer.unlabeled_term(unlabeled)
+        assert term.disagreement == 0.0  # identical experts agree everywhere on the weak view
+        assert term.consistency.item() > 0
+        term.consistency.backward()
+        shared_gradient = sum(p.grad.abs().sum().item() for p in trainer.network.shared_parameters()
+                              if p.grad is not None)
+        assert shared_gradient > 0
+    finally:
+        shut_down(trainer)
 
 
 def test_validation_iteration_does_not_touch_the_weights(trainer):
@@ -100,6 +129,12 @@ def test_resume_continues_the_epoch_count_and_the_moe_log(workflow, tmp_path):
     log = json.loads((folder / "moe_log.json").read_text())
     assert [e["epoch"] for e in log] == [0, 1]
     assert all(len(e["usage"]) == 3 and sum(e["usage"]) == pytest.approx(1, abs=1e-3) for e in log)
+    for entry in log:  # the unlabelled term's diagnostics, every epoch (warm-up 0)
+        assert all(0 <= entry[key] <= 1 for key in ("disagreement", "confident_fraction"))
+        assert 0 < entry["consistency_grad_share"] < 100
+        assert 0 <= entry["gate_entropy"] <= np.log(3) + 1e-6
+    text = "".join(p.read_text() for p in folder.glob("training_log_*.txt"))
+    assert "consistency_grad_share" in text and "gate_entropy" in text
 
 
 def test_an_empty_unlabelled_pool_stops_training_with_instructions(workflow, tmp_path):

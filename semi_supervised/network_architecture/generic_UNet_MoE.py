@@ -185,10 +185,17 @@ class Generic_UNet_MoE(Generic_UNet):
         indices = torch.full((bottleneck.shape[0], 1), expert, dtype=torch.long, device=bottleneck.device)
         return self.decode_pairs(Routing.of(indices), bottleneck, skips)
 
-    def forward(self, x: torch.Tensor):
+    def shared_parameters(self) -> List[nn.Parameter]:
+        """The parameters every expert uses: the encoder and the decoder's shared convolution blocks."""
+        return [p for name, p in self.named_parameters() if not name.startswith(("experts.", "gate."))]
+
+    def forward(self, x: torch.Tensor, decision: Optional[GateDecision] = None):
+        """`decision`: route by this gate decision instead of the gate's (the strong view of an unlabelled batch
+        goes to the experts its weak view chose)."""
         bottleneck, skips = self.encode(x)
         top_k = self.top_k if self.do_ds else self.inference_top_k
-        decision = self.gate(bottleneck, top_k, self.forced_expert)
+        if decision is None:
+            decision = self.gate(bottleneck, top_k, self.forced_expert)
         routing = Routing.of(decision.indices)
         self.last_routing = routing
         by_sample = [routing.by_sample(o) for o in self.decode_pairs(routing, bottleneck, skips)]  # (B, k, C, ...)

@@ -7,23 +7,39 @@ matplotlib.use("agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+DIAGNOSTICS = {"disagreement": "expert disagreement (unlabelled voxels)",
+               "confident_fraction": "confident pseudo-labels (fraction)",
+               "consistency_grad_share": "consistency / supervised gradient (shared weights)"}
+
+
+def series(log: List[dict], key: str) -> np.ndarray:
+    """One value per epoch, NaN where the entry has none (older logs, warm-up epochs): a gap in the line."""
+    return np.array([np.nan if e.get(key) is None else e[key] for e in log], dtype=float)
+
 
 def plot_moe_progress(log: List[dict], path: str) -> None:
-    """Supervised, consistency and load-balancing losses, lambda, and expert usage per epoch.
+    """Losses and lambda; the unlabelled term's diagnostics; expert usage and the gate's entropy; per epoch.
 
     `log` holds one entry per epoch as nnUNetTrainerV2_moe writes it to moe_log.json.
     """
     epochs = [e["epoch"] for e in log]
-    fig, (ax_loss, ax_usage) = plt.subplots(2, 1, figsize=(9, 8), sharex=True)
-    ax_loss.plot(epochs, [e["supervised"] for e in log], label="supervised (DC+CE)")
-    ax_loss.plot(epochs, [e["consistency"] for e in log], label="consistency")
-    ax_loss.plot(epochs, [e["balance"] for e in log], label="load balance", alpha=0.6)
+    fig, (ax_loss, ax_signal, ax_usage) = plt.subplots(3, 1, figsize=(9, 11), sharex=True)
+    ax_loss.plot(epochs, series(log, "supervised"), label="supervised (DC+CE)")
+    ax_loss.plot(epochs, series(log, "consistency"), label="consistency")
+    ax_loss.plot(epochs, series(log, "balance"), label="load balance", alpha=0.6)
     ax_lambda = ax_loss.twinx()
-    ax_lambda.plot(epochs, [e["lambda"] for e in log], "k--", label="lambda")
+    ax_lambda.plot(epochs, series(log, "lambda"), "k--", label="lambda")
     ax_lambda.set_ylabel("lambda")
     ax_loss.set_ylabel("loss")
     ax_loss.legend(loc="upper left")
     ax_lambda.legend(loc="upper right")
+
+    for key, label in DIAGNOSTICS.items():
+        ax_signal.plot(epochs, series(log, key), marker=".", label=label)
+    ax_signal.axhline(0.05, color="grey", lw=0.8, ls=":", label="gradient share 0.05")
+    ax_signal.set_ylabel("unlabelled term")
+    ax_signal.legend(loc="best", fontsize="small")
+
     usage = np.array([e["usage"] for e in log])
     for expert in range(usage.shape[1]):
         ax_usage.plot(epochs, usage[:, expert], label=f"expert {expert}")
@@ -31,7 +47,13 @@ def plot_moe_progress(log: List[dict], path: str) -> None:
     ax_usage.set_ylabel("fraction of routing")
     ax_usage.set_xlabel("epoch")
     ax_usage.set_ylim(0, 1)
-    ax_usage.legend()
+    ax_entropy = ax_usage.twinx()
+    ax_entropy.plot(epochs, series(log, "gate_entropy"), "k--", label="gate entropy")
+    ax_entropy.axhline(np.log(usage.shape[1]), color="k", lw=0.6, ls=":")
+    ax_entropy.set_ylim(0, np.log(usage.shape[1]) * 1.05)
+    ax_entropy.set_ylabel("gate entropy (nats; dotted: log E)")
+    ax_usage.legend(loc="upper left")
+    ax_entropy.legend(loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

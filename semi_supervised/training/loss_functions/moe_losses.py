@@ -3,7 +3,8 @@
 - load_balancing_loss: Switch-Transformer style E * sum_i f_i * P_i, where f_i is the fraction of
   routing assignments that went to expert i and P_i the mean gate probability of expert i. It is 1
   when usage is uniform and grows up to E when one expert takes everything.
-- cross_pseudo_supervision_loss: consistency between two experts on unlabelled data: each expert's
+- gate_entropy: how undecided the gate is (a diagnostic).
+- cross_pseudo_supervision_loss (CONSISTENCY=cps): consistency between two experts on unlabelled data: each expert's
   cross-entropy against the other's argmax (the pseudo-label carries no gradient). Zero gradient
   direction when both agree and are confident; averaged over all pairs of chosen experts.
 - consistency_weight: lambda(t), 0 during warm-up, then the sigmoid ramp-up exp(-5 (1 - t)^2) to
@@ -28,6 +29,12 @@ def load_balancing_loss(indices: torch.Tensor, probs: torch.Tensor, num_experts:
 def expert_usage(indices: torch.Tensor, num_experts: int) -> torch.Tensor:
     """Fraction of routing assignments per expert (sums to 1)."""
     return torch.bincount(indices.flatten(), minlength=num_experts).float() / indices.numel()
+
+
+def gate_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Mean entropy (nats) of the gate's (B, E) probabilities: log E when it cannot tell experts apart, 0 when sure."""
+    p = probs.float().clamp_min(1e-12)
+    return -(p * p.log()).sum(dim=1).mean()
 
 
 def cross_pseudo_supervision_loss(logits_a: torch.Tensor, logits_b: torch.Tensor) -> torch.Tensor:

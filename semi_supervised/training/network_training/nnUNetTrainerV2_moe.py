@@ -2,33 +2,43 @@
 
 Each training iteration draws a labelled batch (nnU-Net's loader and augmentation) and, once the
 consistency weight is above 0, an unlabelled batch of the same patch size and augmentation from the
-task's preprocessed unlabelled pool. Both go through the network in one forward pass. The loss is
+task's preprocessed unlabelled pool (the weak view). The loss is
 
     supervised    = mean over the chosen experts (slots) of DC+CE with deep supervision
                     + DC+CE with deep supervision of the gate-weighted combination
                     (the experts learn to segment; the combination's gradient teaches the gate to route)
-    consistency   = cross pseudo-supervision between the chosen experts on the unlabelled batch
-                    (full-resolution output; mean over pairs of chosen experts)
-    load balance  = E * sum_i f_i * P_i over all samples of the iteration
+    consistency   = CONSISTENCY=weak_strong: each chosen expert's confident pseudo-labels on the weak view train
+                    the other chosen expert(s) on a strongly perturbed view of the same patches, routed to the
+                    same experts (intensity perturbations, CutMix, bottleneck channel dropout);
+                    CONSISTENCY=cps: cross pseudo-supervision between the chosen experts on the weak view
+                    (nnunet/training/loss_functions/consistency.py has the exact formulas)
+    load balance  = E * sum_i f_i * P_i over the labelled batch's routing
     total         = supervised + lambda(epoch) * consistency + alpha * load balance
 
 lambda(epoch) is 0 for the warm-up epochs, then ramps to lambda_max with exp(-5 (1 - t)^2).
+
+Diagnostics per epoch (moe_log.json, the log, moe_progress.png): `disagreement` (fraction of unlabelled voxels
+where the chosen experts' argmax differ), `confident_fraction` (fraction passing the confidence threshold),
+`consistency_grad_share` (|grad of lambda x consistency| / |grad of supervised| over the shared parameters, from
+two extra backward passes on the first iteration of the epoch), `gate_entropy` and the expert usage.
 
 The MoE continues the baseline's weights, so its initial learning rate is FINETUNE_LR (nnunet.training.
 learning_rate.finetune_lr), the same as its same-budget control nnUNetTrainerV2_finetune's.
 
 Settings (environment variables, read when the trainer is created for training; stored in the
-checkpoint's .pkl so that -c, -val and prediction rebuild the same network):
-    MOE_NUM_EXPERTS (3), MOE_TOP_K (2), MOE_LAMBDA_MAX (0.3), MOE_WARMUP_EPOCHS (50),
-    MOE_RAMPUP_EPOCHS (200), MOE_BALANCE_ALPHA (0.01)
+checkpoint's .pkl so that -c, -val and prediction rebuild the same network and loss):
+    MOE_NUM_EXPERTS (3), MOE_TOP_K (2), MOE_BALANCE_ALPHA (0.01), and the consistency's (ConsistencySettings):
+    CONSISTENCY (weak_strong), CONFIDENCE_THRESHOLD (0.95), MOE_LAMBDA_MAX (1.0), MOE_WARMUP_EPOCHS (50),
+    MOE_RAMPUP_EPOCHS (200), PERTURBATION (strengths, e.g. "noise_std=0.1 cutmix=0.5")
 and, read at every network construction (also for prediction): MOE_INFERENCE_TOP_K (the training k).
-The Makefile sets them from EXPERTS, TOP_K, LAMBDA_MAX, WARMUP_EPOCHS, RAMPUP_EPOCHS, BALANCE_ALPHA,
-INFERENCE_TOP_K.
+The Makefile sets them from EXPERTS, TOP_K, BALANCE_ALPHA, CONSISTENCY, CONFIDENCE_THRESHOLD, LAMBDA_MAX,
+WARMUP_EPOCHS, RAMPUP_EPOCHS, PERTURBATION and INFERENCE_TOP_K.
 """
 import json
 import os
+import time
 from dataclasses import asdict, dataclass, fields
-from typing import List, NamedTuple, Optional
+from typing import Dict, List, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -38,10 +48,13 @@ from nnunet.network_architecture.generic_UNet_MoE import MoEOutput
 from nnunet.network_architecture.unet_factory import generic_unet_moe
 from nnunet.preprocessing.unlabeled_preprocessing import unlabeled_stage_folder
 from nnunet.training.data_augmentation.default_data_augmentation import get_moreDA_augmentation
+from nnunet.training.data_augmentation.strong_perturbations import bottleneck_dropout, strong_view
 from nnunet.training.dataloading.dataset_loading import DataLoader3D, DataLoader2D, load_dataset, unpack_dataset
 from nnunet.training.learning_rate.finetune_lr import finetune_learning_rate
-from nnunet.training.loss_functions.moe_losses import (consistency_weight, expert_usage, load_balancing_loss,
-                                                       pairwise_consistency_loss)
+from nnunet.training.loss_functions.consistency import (ConsistencySettings, PseudoLabels, confident_fraction,
+                                                        disagreement, pseudo_labels, weak_to_strong_loss)
+from nnunet.training.loss_functions.moe_losses import (consistency_weight, expert_usage, gate_entropy,
+                                                       load_balancing_loss, pairwise_consistency_loss)
 from nnunet.training.network_training.nnUNetTrainerV2 import nnUNetTrainerV2
 from nnunet.utilities.moe_progress import plot_moe_progress
 from nnunet.utilities.nd_softmax import softmax_helper
@@ -52,14 +65,9 @@ from nnunet.utilities.to_torch import maybe_to_torch, to_cuda
 class MoESettings:
     num_experts: int = 3
     top_k: int = 2
-    lambda_max: float = 0.3
-    warmup_epochs: int = 50
-    rampup_epochs: int = 200
     balance_alpha: float = 0.01
 
-    ENVIRONMENT = {"num_experts": "MOE_NUM_EXPERTS", "top_k": "MOE_TOP_K", "lambda_max": "MOE_LAMBDA_MAX",
-                   "warmup_epochs": "MOE_WARMUP_EPOCHS", "rampup_epochs": "MOE_RAMPUP_EPOCHS",
-                   "balance_alpha": "MOE_BALANCE_ALPHA"}
+    ENVIRONMENT = {"num_experts": "MOE_NUM_EXPERTS", "top_k": "MOE_TOP_K", "balance_alpha": "MOE_BALANCE_ALPHA"}
 
     @classmethod
     def from_environment(cls) -> "MoESettings":
@@ -73,6 +81,11 @@ class MoESettings:
                     raise ValueError(f"{cls.ENVIRONMENT[f.name]}={raw!r} is not a valid {type(f.default).__name__}")
         return cls(**values)
 
+    @classmethod
+    def from_dict(cls, values: dict) -> "MoESettings":
+        """From a checkpoint's .pkl (older ones also held the consistency's ramp-up, now ConsistencySettings)."""
+        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
+
 
 def inference_top_k_from_environment() -> Optional[int]:
     raw = os.environ.get("MOE_INFERENCE_TOP_K", "")
@@ -82,22 +95,36 @@ def inference_top_k_from_environment() -> Optional[int]:
 class MoELosses(NamedTuple):
     total: torch.Tensor
     supervised: torch.Tensor
-    consistency: torch.Tensor
+    weighted_consistency: torch.Tensor  # lambda x consistency
     balance: torch.Tensor
+
+
+class UnlabeledTerm(NamedTuple):
+    consistency: torch.Tensor
+    disagreement: float
+    confident_fraction: float
+    gate_probs: torch.Tensor  # (B, E) of the unlabelled batch
+
+
+DIAGNOSTICS = ("disagreement", "confident_fraction", "consistency_grad_share", "gate_entropy")
 
 
 class nnUNetTrainerV2_moe(nnUNetTrainerV2):
     def __init__(self, plans_file, fold, output_folder=None, dataset_directory=None, batch_dice=True, stage=None,
-                 unpack_data=True, deterministic=True, fp16=False, moe_settings: Optional[dict] = None):
+                 unpack_data=True, deterministic=True, fp16=False, moe_settings: Optional[dict] = None,
+                 consistency_settings: Optional[dict] = None):
         super().__init__(plans_file, fold, output_folder, dataset_directory, batch_dice, stage, unpack_data,
                          deterministic, fp16)
         self.initial_lr = finetune_learning_rate()  # it continues the baseline, like its control (finetune_lr)
-        self.moe = MoESettings(**moe_settings) if moe_settings is not None else MoESettings.from_environment()
-        # stored in the checkpoint's .pkl: restoring the trainer rebuilds the same mixture
-        self.init_args = self.init_args + (asdict(self.moe),)
+        self.moe = MoESettings.from_dict(moe_settings) if moe_settings is not None else MoESettings.from_environment()
+        self.consistency = (ConsistencySettings.from_dict(consistency_settings) if consistency_settings is not None
+                            else ConsistencySettings.from_environment())
+        # stored in the checkpoint's .pkl: restoring the trainer rebuilds the same mixture and loss
+        self.init_args = self.init_args + (asdict(self.moe), self.consistency.as_dict())
         self.unlabeled_gen = None
         self.moe_log: List[dict] = []
         self._epoch_stats: List[dict] = []
+        self._grad_share: Optional[Dict[str, float]] = None  # measured on the epoch's first unlabelled iteration
 
     # ------------------------------------------------------------------ setup
     def initialize_network(self):
@@ -141,34 +168,69 @@ class nnUNetTrainerV2_moe(nnUNetTrainerV2):
 
     # ------------------------------------------------------------------ one iteration
     def consistency_lambda(self) -> float:
-        return consistency_weight(self.epoch, self.moe.lambda_max, self.moe.warmup_epochs, self.moe.rampup_epochs)
+        c = self.consistency
+        return consistency_weight(self.epoch, c.lambda_max, c.warmup_epochs, c.rampup_epochs)
 
-    def compute_losses(self, output: MoEOutput, target, n_labeled: int, consistency_lambda: float) -> MoELosses:
-        labeled = lambda outputs: [o[:n_labeled] for o in outputs]  # noqa: E731
-        per_expert = torch.stack([self.loss(labeled(slot), target) for slot in output.slots]).mean()
-        supervised = per_expert + self.loss(labeled(output.combined), target)
-        if output.combined[0].shape[0] > n_labeled:
-            consistency = pairwise_consistency_loss([slot[0][n_labeled:] for slot in output.slots])
-        else:
-            consistency = supervised.new_zeros(())
-        balance = load_balancing_loss(output.gate.indices, output.gate.probs, self.moe.num_experts)
-        total = supervised + consistency_lambda * consistency + self.moe.balance_alpha * balance
-        return MoELosses(total, supervised.detach(), consistency.detach(), balance.detach())
+    def supervised_loss(self, output: MoEOutput, target) -> torch.Tensor:
+        per_expert = torch.stack([self.loss(slot, target) for slot in output.slots]).mean()
+        return per_expert + self.loss(output.combined, target)
+
+    def unlabeled_term(self, weak: torch.Tensor) -> UnlabeledTerm:
+        """The consistency loss on an unlabelled (weakly augmented) batch and what it saw."""
+        threshold = self.consistency.threshold
+        if self.consistency.kind == "cps":
+            output = self.network(weak)
+            slots = [slot[0] for slot in output.slots]
+            return UnlabeledTerm(pairwise_consistency_loss(slots), disagreement(slots),
+                                 confident_fraction([pseudo_labels(s) for s in slots], threshold), output.gate.probs)
+        with torch.no_grad():
+            teacher = self.network(weak)
+        weak_slots = [slot[0] for slot in teacher.slots]
+        targets = [pseudo_labels(s) for s in weak_slots]
+        strong, mix = strong_view(weak, self.consistency.perturbation)
+        with bottleneck_dropout(self.network, self.consistency.perturbation.feature_dropout):
+            student = self.network(strong, decision=teacher.gate)  # the experts the weak view chose
+        mixed_targets = [PseudoLabels(mix.apply(t.labels), mix.apply(t.confidence)) for t in targets]
+        loss = weak_to_strong_loss([slot[0] for slot in student.slots], mixed_targets, threshold)
+        return UnlabeledTerm(loss, disagreement(weak_slots), confident_fraction(targets, threshold),
+                             teacher.gate.probs)
+
+    def consistency_gradient_share(self, losses: MoELosses) -> float:
+        """|d(lambda x consistency)/d shared| / |d supervised/d shared| over the encoder and shared decoder blocks
+        (two extra backward passes; both losses scaled alike so that fp16 gradients do not underflow)."""
+        shared = self.network.shared_parameters()
+        scale = self.amp_grad_scaler.get_scale() if self.fp16 and self.amp_grad_scaler is not None else 1.0
+
+        def norm(loss: torch.Tensor) -> torch.Tensor:
+            grads = torch.autograd.grad(loss * scale, shared, retain_graph=True, allow_unused=True)
+            return torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None))
+
+        return (norm(losses.weighted_consistency) / norm(losses.supervised).clamp_min(1e-12)).item()
 
     def run_iteration(self, data_generator, do_backprop=True, run_online_evaluation=False):
         data_dict = next(data_generator)
         data, target = maybe_to_torch(data_dict['data']), maybe_to_torch(data_dict['target'])
         consistency_lambda = self.consistency_lambda() if do_backprop else 0.0
-        n_labeled = data.shape[0]
-        if consistency_lambda > 0:
-            data = torch.cat([data, maybe_to_torch(next(self.unlabeled_gen)['data'])])
+        unlabeled = maybe_to_torch(next(self.unlabeled_gen)['data']) if consistency_lambda > 0 else None
         if torch.cuda.is_available():
             data, target = to_cuda(data), to_cuda(target)
+            unlabeled = to_cuda(unlabeled) if unlabeled is not None else None
 
         self.optimizer.zero_grad()
         with autocast(enabled=self.fp16):
             output = self.network(data)
-            losses = self.compute_losses(output, target, n_labeled, consistency_lambda)
+            supervised = self.supervised_loss(output, target)
+            balance = load_balancing_loss(output.gate.indices, output.gate.probs, self.moe.num_experts)
+            term = self.unlabeled_term(unlabeled) if unlabeled is not None else None
+            weighted_consistency = consistency_lambda * term.consistency if term else supervised.new_zeros(())
+            losses = MoELosses(supervised + weighted_consistency + self.moe.balance_alpha * balance,
+                               supervised, weighted_consistency, balance)
+
+        measure = do_backprop and term is not None and self._grad_share is None
+        if measure:
+            started = time.time()
+            self._grad_share = {"consistency_grad_share": self.consistency_gradient_share(losses),
+                                "grad_share_seconds": time.time() - started}
         if do_backprop and self.fp16:
             self.amp_grad_scaler.scale(losses.total).backward()
             self.amp_grad_scaler.unscale_(self.optimizer)
@@ -181,26 +243,44 @@ class nnUNetTrainerV2_moe(nnUNetTrainerV2):
             self.optimizer.step()
 
         if run_online_evaluation:
-            self.run_online_evaluation([o[:n_labeled] for o in output.combined], target)
+            self.run_online_evaluation(output.combined, target)
         if do_backprop:
+            probs = output.gate.probs if term is None else torch.cat([output.gate.probs, term.gate_probs])
             self._epoch_stats.append({
-                "supervised": losses.supervised.item(), "consistency": losses.consistency.item(),
+                "supervised": losses.supervised.item(),
+                "consistency": term.consistency.item() if term else 0.0,
                 "balance": losses.balance.item(), "lambda": consistency_lambda,
+                "disagreement": term.disagreement if term else None,
+                "confident_fraction": term.confident_fraction if term else None,
+                "gate_entropy": gate_entropy(probs).item(),
                 "usage": expert_usage(output.gate.indices, self.moe.num_experts).tolist()})
         return losses.total.detach().cpu().numpy()
 
     # ------------------------------------------------------------------ logging and checkpoints
+    def epoch_entry(self) -> dict:
+        """This epoch's moe_log.json entry: means over its iterations (None where nothing was measured)."""
+        def mean(key: str) -> Optional[float]:
+            values = [s[key] for s in self._epoch_stats if s[key] is not None]
+            return float(np.mean(values)) if values else None
+
+        entry = {key: mean(key) for key in ("supervised", "consistency", "balance", "lambda", "disagreement",
+                                            "confident_fraction", "gate_entropy")}
+        entry.update(self._grad_share or {"consistency_grad_share": None, "grad_share_seconds": None})
+        entry["usage"] = np.mean([s["usage"] for s in self._epoch_stats], axis=0).round(4).tolist()
+        entry["epoch"] = self.epoch
+        return entry
+
     def on_epoch_end(self):
         if self._epoch_stats:
-            entry = {key: float(np.mean([s[key] for s in self._epoch_stats]))
-                     for key in ("supervised", "consistency", "balance", "lambda")}
-            entry["usage"] = np.mean([s["usage"] for s in self._epoch_stats], axis=0).round(4).tolist()
-            entry["epoch"] = self.epoch
+            entry = self.epoch_entry()
             self.moe_log.append(entry)
-            self._epoch_stats = []
+            self._epoch_stats, self._grad_share = [], None
+            shown = lambda value: "-" if value is None else "%.4f" % value  # noqa: E731
             self.print_to_log_file(
-                "moe: supervised %.4f, consistency %.4f, lambda %.4f, balance %.4f, expert usage %s" %
-                (entry["supervised"], entry["consistency"], entry["lambda"], entry["balance"], entry["usage"]))
+                "moe: supervised %s, consistency %s, lambda %s, balance %s, disagreement %s, confident_fraction %s, "
+                "consistency_grad_share %s, gate_entropy %s, expert usage %s" % tuple(
+                    [shown(entry[k]) for k in ("supervised", "consistency", "lambda", "balance") + DIAGNOSTICS]
+                    + [entry["usage"]]))
             self.save_moe_log()
             self.plot_moe_progress()
         return super().on_epoch_end()

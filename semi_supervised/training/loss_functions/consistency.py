@@ -1,0 +1,115 @@
+"""Consistency losses on unlabelled scans and the settings that choose them (shared by the semi-supervised trainers).
+
+CONSISTENCY=weak_strong (default): weak-to-strong pseudo-supervision. A teacher's softmax on the weak view
+gives per voxel a pseudo-label (argmax) and its confidence (max probability); the student's logits on the strong
+view (strong_perturbations.py, same voxels) are trained towards the pseudo-labels of the confident voxels:
+
+    L = sum_v [conf_v >= threshold] * CE(student_v, pseudo_v) / (number of voxels)
+
+(dividing by all voxels, as UniMatch does, so the term shrinks when few voxels are confident). In the MoE the
+teachers and students are the chosen experts: every chosen expert's weak-view pseudo-labels train every *other*
+chosen expert on the strong view (ordered pairs; with k = 1 the expert teaches itself), so the perturbations
+give the term a gradient even while the experts are identical.
+
+CONSISTENCY=cps: the earlier cross pseudo-supervision between the chosen experts on one (weak) view, no
+threshold (moe_losses.pairwise_consistency_loss); kept for comparison.
+
+lambda(epoch) weights the term: 0 during MOE_WARMUP_EPOCHS, then exp(-5 (1 - t)^2) up to MOE_LAMBDA_MAX over
+MOE_RAMPUP_EPOCHS (moe_losses.consistency_weight).
+"""
+import os
+from dataclasses import asdict, dataclass, field, fields
+from itertools import permutations
+from typing import List, NamedTuple, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from nnunet.training.data_augmentation.strong_perturbations import PerturbationSettings
+
+CONSISTENCY_KINDS = ("weak_strong", "cps")
+
+
+@dataclass(frozen=True)
+class ConsistencySettings:
+    kind: str = "weak_strong"
+    threshold: float = 0.95
+    lambda_max: float = 1.0
+    warmup_epochs: int = 50
+    rampup_epochs: int = 200
+    perturbation: PerturbationSettings = field(default_factory=PerturbationSettings)
+
+    ENVIRONMENT = {"kind": "CONSISTENCY", "threshold": "CONFIDENCE_THRESHOLD", "lambda_max": "MOE_LAMBDA_MAX",
+                   "warmup_epochs": "MOE_WARMUP_EPOCHS", "rampup_epochs": "MOE_RAMPUP_EPOCHS"}
+
+    def __post_init__(self):
+        if self.kind not in CONSISTENCY_KINDS:
+            raise ValueError(f"CONSISTENCY={self.kind!r}: expected one of {', '.join(CONSISTENCY_KINDS)}")
+        if not 0 <= self.threshold < 1:
+            raise ValueError(f"CONFIDENCE_THRESHOLD={self.threshold}: expected a probability in [0, 1)")
+
+    @classmethod
+    def from_environment(cls) -> "ConsistencySettings":
+        values = {}
+        for f in fields(cls):
+            variable = cls.ENVIRONMENT.get(f.name)
+            raw = os.environ.get(variable, "") if variable else ""
+            if raw != "":
+                try:
+                    values[f.name] = type(f.default)(raw)
+                except ValueError:
+                    raise ValueError(f"{variable}={raw!r} is not a valid {type(f.default).__name__}")
+        return cls(perturbation=PerturbationSettings.from_environment(), **values)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ConsistencySettings":
+        values = dict(values)
+        values["perturbation"] = PerturbationSettings(**values.get("perturbation", {}))
+        return cls(**values)
+
+
+class PseudoLabels(NamedTuple):
+    labels: torch.Tensor      # (B, *spatial) argmax of the teacher's softmax
+    confidence: torch.Tensor  # (B, *spatial) its probability
+
+
+def pseudo_labels(teacher_logits: torch.Tensor) -> PseudoLabels:
+    probabilities = torch.softmax(teacher_logits.detach().float(), dim=1)
+    confidence, labels = probabilities.max(dim=1)
+    return PseudoLabels(labels, confidence)
+
+
+def thresholded_cross_entropy(student_logits: torch.Tensor, target: PseudoLabels, threshold: float) -> torch.Tensor:
+    """CE towards the confident pseudo-labels, summed over them and divided by all voxels."""
+    per_voxel = F.cross_entropy(student_logits.float(), target.labels, reduction="none")
+    return (per_voxel * (target.confidence >= threshold).float()).sum() / per_voxel.numel()
+
+
+def teacher_student_pairs(k: int) -> List[Tuple[int, int]]:
+    """Ordered (teacher slot, student slot) pairs of k chosen experts: every other one, or itself when k = 1."""
+    return list(permutations(range(k), 2)) or [(0, 0)]
+
+
+def weak_to_strong_loss(strong_logits: Sequence[torch.Tensor], targets: Sequence[PseudoLabels],
+                        threshold: float) -> torch.Tensor:
+    """Mean over ordered slot pairs (i, j) of the strong view's slot j trained towards slot i's pseudo-labels.
+    `targets` are the weak view's pseudo-labels per slot, already mixed like the strong view (CutMix.apply)."""
+    pairs = teacher_student_pairs(len(strong_logits))
+    return sum(thresholded_cross_entropy(strong_logits[j], targets[i], threshold) for i, j in pairs) / len(pairs)
+
+
+def disagreement(slot_logits: Sequence[torch.Tensor]) -> float:
+    """Fraction of voxels where the chosen experts' argmax are not all the same (0 with one expert)."""
+    labels = [logits.argmax(dim=1) for logits in slot_logits]
+    differ = torch.zeros_like(labels[0], dtype=torch.bool)
+    for other in labels[1:]:
+        differ |= other != labels[0]
+    return differ.float().mean().item()
+
+
+def confident_fraction(targets: Sequence[PseudoLabels], threshold: float) -> float:
+    """Fraction of voxels (over all slots) whose pseudo-label passes the threshold."""
+    return torch.stack([(t.confidence >= threshold).float().mean() for t in targets]).mean().item()
