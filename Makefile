@@ -33,6 +33,8 @@ SYNTHETIC_SEED ?= 0
 # in-plane size and slice count ranges of the phantoms (voxels)
 SYNTHETIC_XY ?= 96 128
 SYNTHETIC_Z ?= 28 40
+# scanner sites of the phantoms (above 1: sites.csv, per-site noise, calibration, blur, lesion contrast)
+SITES ?= 1
 TASK ?= 200
 TASK_NAME ?= COVID_19_20
 FOLD ?= 4
@@ -40,6 +42,9 @@ LABELED_FRACTION ?= 0.5
 TEST_FRACTION ?= 0
 SEED ?= 0
 EXTRA_UNLABELED ?=
+# labelled cases mostly from one site of <DATA>/sites.csv (empty: no site bias)
+LABELED_SITE ?=
+LABELED_SITE_SHARE ?= 0.8
 FORCE ?=
 PLANNER3D ?= ExperimentPlanner3D_v21
 PLANS ?= nnUNetPlansv2.1
@@ -57,6 +62,10 @@ EXPERTS ?=
 TOP_K ?=
 INFERENCE_TOP_K ?=
 LAMBDA_MAX ?=
+# the unlabelled term (empty: weak_strong, 0.95, the default strengths; see README)
+CONSISTENCY ?=
+CONFIDENCE_THRESHOLD ?=
+PERTURBATION ?=
 WARMUP_EPOCHS ?=
 RAMPUP_EPOCHS ?=
 BALANCE_ALPHA ?=
@@ -73,6 +82,8 @@ LABELED_FRACTIONS ?= 0.1 0.25 0.5
 SEEDS ?= 0 1
 EXPERIMENT_DIR ?= experiment
 METHODS ?= fullres control moe
+# PRESET=multisite: labelled cases mostly from site A, unlabelled pool and test set from all sites
+PRESET ?=
 SIZE ?= gpu
 GPUS ?=
 FINETUNE_EPOCHS ?=
@@ -104,6 +115,9 @@ export MOE_WARMUP_EPOCHS := $(WARMUP_EPOCHS)
 export MOE_RAMPUP_EPOCHS := $(RAMPUP_EPOCHS)
 export MOE_BALANCE_ALPHA := $(BALANCE_ALPHA)
 export MOE_TRANSFER_NOISE := $(TRANSFER_NOISE)
+export CONSISTENCY := $(CONSISTENCY)
+export CONFIDENCE_THRESHOLD := $(CONFIDENCE_THRESHOLD)
+export PERTURBATION := $(PERTURBATION)
 
 WORKFLOW_ARGS := --task $(TASK) --fold $(FOLD) --plans $(PLANS) --trainer $(TRAINER) $(if $(FORCE),--force)
 
@@ -128,26 +142,27 @@ help:
 ## Targets (variables in brackets, defaults in the Makefile):
 ##   setup       venv [VENV=.venv], the covidseg package, nnUNet/ (submodule or PyPI sdist), patches, overlay
 ##   synthetic   DATA=<folder to write> a synthetic download in the challenge's layout [CASES=20 VALIDATION_CASES=4
-##               SYNTHETIC_SEED=0 SYNTHETIC_XY="96 128" SYNTHETIC_Z="28 40" FORCE=]
+##               SYNTHETIC_SEED=0 SYNTHETIC_XY="96 128" SYNTHETIC_Z="28 40" SITES=1 FORCE=]
 ##   convert     DATA=<COVID-19-20 download> [TASK=200 TASK_NAME LABELED_FRACTION=0.5 TEST_FRACTION=0 SEED=0
-##               EXTRA_UNLABELED= FORCE=]
+##               EXTRA_UNLABELED= LABELED_SITE= LABELED_SITE_SHARE=0.8 FORCE=]
 ##   preprocess  nnUNet_plan_and_preprocess [TASK PLANNER3D TL=8 TF=8 FORCE=]
 ##   baseline    3d_fullres + 3d_lowres (--npz), nnUNet_ensemble, Dice table [FOLD=4 TRAINER PLANS EPOCHS ITERS VAL_ITERS NPROC_DA]
 ##   control     the MoE's same-budget control: nnUNetTrainerV2_finetune continues the 3d_fullres baseline on the
 ##               labelled cases [CONTROL_TRAINER FINETUNE_LR EPOCHS ITERS VAL_ITERS FORCE=]
 ##   weights     baseline 3d_fullres checkpoint -> MoE initialisation [FOLD TRANSFER_NOISE=0.001 EXPERTS=3 TOP_K=2 FORCE=]
-##   semi        train nnUNetTrainerV2_moe from it, validate, Dice vs baseline [EXPERTS TOP_K LAMBDA_MAX WARMUP_EPOCHS
-##               RAMPUP_EPOCHS BALANCE_ALPHA FINETUNE_LR EPOCHS ITERS VAL_ITERS FORCE=]
+##   semi        train nnUNetTrainerV2_moe from it, validate, Dice vs baseline [EXPERTS TOP_K CONSISTENCY=weak_strong|cps
+##               CONFIDENCE_THRESHOLD PERTURBATION LAMBDA_MAX WARMUP_EPOCHS RAMPUP_EPOCHS BALANCE_ALPHA FINETUNE_LR
+##               EPOCHS ITERS VAL_ITERS FORCE=]
 ##   evaluate    every trained model segments the held-out test set (imagesTs/) into its folder; resumable
 ##               [FOLD TTA=1]
 ##   predict     INPUT=<dir|file> OUTPUT=<dir> [MODEL=moe|fullres|lowres|ensemble FOLD INFERENCE_TOP_K TTA=1 FORCE=]
 ##   gradcam     INPUT=<dir|file> OUTPUT=<dir> [MODEL=moe|fullres FOLD LAYER BACKEND=gcam|gcampp TTA=1 FORCE=]
 ##   report      lowres, fullres, ensemble, control and MoE compared from disk, on the test set (95% CIs, paired
 ##               differences) and the validation fold: Markdown, CSV, plots [FOLD REPORT_DIR=report NSD_TOLERANCE_MM=1.0]
-##   experiment  DATA=<download> the whole protocol per labelled fraction x seed: convert (test set held out),
-##               preprocess, train METHODS, segment the test set; results.csv/.md and a plot [LABELED_FRACTIONS SEEDS
-##               TEST_FRACTION=0.2 EXPERIMENT_DIR=experiment METHODS="fullres control moe" SIZE=gpu|cpu GPUS=
-##               EPOCHS FINETUNE_EPOCHS ITERS VAL_ITERS WARMUP_EPOCHS RAMPUP_EPOCHS]
+##   experiment  DATA=<download> (or PRESET=multisite) the whole protocol per labelled fraction x seed: convert (test
+##               set held out), preprocess, train METHODS, segment the test set; results.csv/.md and a plot
+##               [LABELED_FRACTIONS SEEDS TEST_FRACTION=0.2 EXPERIMENT_DIR=experiment METHODS="fullres control moe"
+##               PRESET= SIZE=gpu|cpu GPUS= EPOCHS FINETUNE_EPOCHS ITERS VAL_ITERS WARMUP_EPOCHS RAMPUP_EPOCHS]
 ##   demo        synthetic download -> convert (test set held out) -> preprocess -> baseline -> control -> weights -> semi
 ##               -> evaluate -> predict -> gradcam -> report, on the CPU [DEMO_DIR=demo DEMO_CASES=40 DEMO_TEST_FRACTION=0.3]
 ##   test        pytest
@@ -183,13 +198,14 @@ setup: $(STAMPS)/requirements $(STAMPS)/workspace-installed nnUNet/setup.py
 synthetic: setup
 	@test -n "$(DATA)" || { echo "ERROR: set DATA=<folder to write the synthetic download into>" >&2; exit 1; }
 	$(PY) -m covidseg.synthetic "$(DATA)" --n-train $(CASES) --n-validation $(VALIDATION_CASES) \
-		--seed $(SYNTHETIC_SEED) --xy $(SYNTHETIC_XY) --z $(SYNTHETIC_Z) $(if $(FORCE),--force)
+		--seed $(SYNTHETIC_SEED) --xy $(SYNTHETIC_XY) --z $(SYNTHETIC_Z) --sites $(SITES) $(if $(FORCE),--force)
 
 convert: setup
 	@test -n "$(DATA)" || { echo "ERROR: set DATA=<folder of the COVID-19-20 download> (or run 'make demo')" >&2; exit 1; }
 	$(PY) -m covidseg.convert "$(DATA)" --task-id $(TASK) --task-name $(TASK_NAME) \
 		--labeled-fraction $(LABELED_FRACTION) --test-fraction $(TEST_FRACTION) --seed $(SEED) \
-		$(if $(EXTRA_UNLABELED),--extra-unlabeled "$(EXTRA_UNLABELED)") $(if $(FORCE),--force)
+		$(if $(EXTRA_UNLABELED),--extra-unlabeled "$(EXTRA_UNLABELED)") \
+		$(if $(LABELED_SITE),--labeled-site "$(LABELED_SITE)" --labeled-site-share $(LABELED_SITE_SHARE)) $(if $(FORCE),--force)
 
 preprocess: setup
 	$(PY) -m covidseg.preprocess --task $(TASK) --planner3d $(PLANNER3D) --plans $(PLANS) --tl $(TL) --tf $(TF) $(if $(FORCE),--force)
@@ -228,8 +244,8 @@ report: setup
 		--tolerance-mm $(NSD_TOLERANCE_MM)
 
 experiment: setup
-	@test -n "$(DATA)" || { echo "ERROR: set DATA=<folder of the COVID-19-20 download> (or a synthetic one)" >&2; exit 1; }
-	$(PY) -m covidseg.experiment "$(DATA)" --dir "$(EXPERIMENT_DIR)" --labeled-fractions $(LABELED_FRACTIONS) \
+	@test -n "$(DATA)$(PRESET)" || { echo "ERROR: set DATA=<folder of the COVID-19-20 download> (or a synthetic one), or PRESET=multisite" >&2; exit 1; }
+	$(PY) -m covidseg.experiment $(if $(DATA),"$(DATA)") $(if $(PRESET),--preset $(PRESET)) --dir "$(EXPERIMENT_DIR)" --labeled-fractions $(LABELED_FRACTIONS) \
 		--seeds $(SEEDS) --methods $(METHODS) --size $(SIZE) $(if $(filter-out 0,$(TEST_FRACTION)),--test-fraction $(TEST_FRACTION)) \
 		$(if $(GPUS),--gpus $(GPUS)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(FINETUNE_EPOCHS),--finetune-epochs $(FINETUNE_EPOCHS)) \
 		$(if $(ITERS),--iterations $(ITERS)) $(if $(VAL_ITERS),--val-iterations $(VAL_ITERS)) \

@@ -1,7 +1,8 @@
 """`make convert`: the COVID-19-20 download -> an nnU-Net v1 raw task (see covidseg.data.conversion).
 
     python -m covidseg.convert <download> [--task-id 200] [--labeled-fraction 0.5] [--test-fraction 0]
-                               [--seed 0] [--extra-unlabeled <folder>] [--force]
+                               [--seed 0] [--extra-unlabeled <folder>]
+                               [--labeled-site S [--labeled-site-share 0.8]] [--force]
 
 `python scripts/COVID_19_20.py` is the same command (the seed workflow's name for it).
 """
@@ -36,6 +37,11 @@ def parse_arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed of the test/labelled/unlabelled split")
     parser.add_argument("--extra-unlabeled", type=Path, default=None,
                         help="a folder of further CT .nii.gz files (e.g. MosMed studies) for the unlabelled pool")
+    parser.add_argument("--labeled-site", default=None,
+                        help="draw the labelled cases mostly from this site of <download>/sites.csv (the test set and "
+                             "the unlabelled pool span all sites)")
+    parser.add_argument("--labeled-site-share", type=float, default=0.8,
+                        help="with --labeled-site: the share of labelled cases from that site. Default 0.8")
     parser.add_argument("--force", action="store_true", help="replace an existing task folder")
     return parser.parse_args(argv)
 
@@ -53,7 +59,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     task_dir = args.output_base / f"Task{args.task_id:03d}_{args.task_name}"
     if task_dir.exists() and not args.force:
         raise WorkflowError(f"{task_dir} exists; pass --force (make: FORCE=1) to replace it")
-    download = conversion.validate(args.download, args.extra_unlabeled)
+    download = conversion.validate(args.download, args.extra_unlabeled, args.labeled_site, args.labeled_site_share)
     conversion.write_task(download, task_dir, args.labeled_fraction, args.seed, args.force, args.test_fraction)
 
 

@@ -11,6 +11,11 @@ then, over all runs:
                                        paired differences (MoE - control, ...) with CI and Wilcoxon p
     <dir>/dice_vs_labeled_fraction.png mean test Dice and its CI per method over the labelled fractions
 
+PRESET=multisite (--preset multisite): a synthetic download from 3 scanner sites (made in <dir>/download when
+DATA is not given; a given DATA needs a sites.csv) in which the labelled cases come mostly (80%) from site A,
+while the unlabelled pool and the test set span all sites: the case where unlabelled scans from other hospitals
+should help.
+
 Every stage skips what is finished (a converted and preprocessed run, a trained model, a segmented case) and an
 interrupted training resumes, so calling it again continues where it stopped. With --gpus, independent runs go
 in parallel, one per GPU (CUDA_VISIBLE_DEVICES); without, one after another. Each run logs its commands'
@@ -27,7 +32,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import matplotlib
 
@@ -72,6 +77,26 @@ SIZES = {
 
 
 @dataclass(frozen=True)
+class Preset:
+    """A named setting of the experiment: a site bias of the labelled cases, and the synthetic download it uses
+    when no DATA is given (per SIZE: arguments of `python -m covidseg.synthetic`)."""
+    description: str
+    labeled_site: str
+    labeled_site_share: float
+    synthetic: Dict[str, Tuple[str, ...]]
+
+
+PRESETS = {
+    "multisite": Preset("labelled cases mostly (80%) from site A; unlabelled pool and test set from all 3 sites",
+                        labeled_site="A", labeled_site_share=0.8, synthetic={
+                            "cpu": ("--n-train", "40", "--n-validation", "1", "--sites", "3", "--seed", "11",
+                                    "--xy", "88", "104", "--z", "26", "32"),
+                            "gpu": ("--n-train", "100", "--n-validation", "1", "--sites", "3", "--seed", "11",
+                                    "--xy", "192", "256", "--z", "40", "62", "--spacing-xy", "1.3", "1.6")}),
+}
+
+
+@dataclass(frozen=True)
 class Run:
     labeled_fraction: float
     seed: int
@@ -99,8 +124,10 @@ def runs_of(folder: Path, fractions: Sequence[float], seeds: Sequence[int]) -> L
 class Runner:
     """Runs the workflow's commands for one run, each in the run's folders, logging to <run>/log.txt."""
 
-    def __init__(self, run: Run, budget: Budget, download: Path, test_fraction: float, gpu: Optional[str] = None):
+    def __init__(self, run: Run, budget: Budget, download: Path, test_fraction: float, gpu: Optional[str] = None,
+                 preset: Optional[Preset] = None):
         self.run, self.budget, self.download, self.test_fraction, self.gpu = run, budget, download, test_fraction, gpu
+        self.preset = preset
         self.log = run.folder / "log.txt"
 
     def say(self, message: str) -> None:
@@ -149,16 +176,18 @@ class Runner:
         if split.is_file():
             recorded = json.loads(split.read_text())
             wanted = {"labeled_fraction": self.run.labeled_fraction, "test_fraction": self.test_fraction,
-                      "seed": self.run.seed}
+                      "seed": self.run.seed, "labeled_site": self.preset.labeled_site if self.preset else None}
             if any(recorded.get(k) != v for k, v in wanted.items()):
                 raise WorkflowError(f"{self.run.raw_task} was converted with other settings "
                                     f"({ {k: recorded.get(k) for k in wanted} }, not {wanted}): use another "
                                     f"EXPERIMENT_DIR, or remove {self.run.folder}")
             return
         self.say("convert")
+        site = ["--labeled-site", self.preset.labeled_site, "--labeled-site-share",
+                str(self.preset.labeled_site_share)] if self.preset else []
         self.command("convert", str(self.download), "--task-id", str(TASK_ID), "--labeled-fraction",
                      str(self.run.labeled_fraction), "--test-fraction", str(self.test_fraction), "--seed",
-                     str(self.run.seed))
+                     str(self.run.seed), *site)
 
     def preprocess(self) -> None:
         done = self.run.folder / "preprocessed" / ".complete"
@@ -239,12 +268,13 @@ ScoresByFraction = Dict[float, Dict[str, Dict[str, CaseMetrics]]]  # fraction ->
 
 
 def results_markdown(scores: ScoresByFraction, seeds: Sequence[int], budget: Budget, size: str,
-                     test_fraction: float, methods: Sequence[Method]) -> List[str]:
+                     test_fraction: float, methods: Sequence[Method], preset: Optional[Preset] = None) -> List[str]:
     def length(epochs: Optional[int]) -> str:
         return f"{epochs if epochs is not None else 'default'} epochs x {budget.iterations or 'default'} iterations"
 
     lines = ["# Experiment: test-set results per labelled fraction", "",
-             f"- SIZE={size} (planner {budget.planner}); test fraction {test_fraction:g}; seeds {list(seeds)}",
+             f"- SIZE={size} (planner {budget.planner}); test fraction {test_fraction:g}; seeds {list(seeds)}"
+             + (f"; preset: {preset.description}" if preset else ""),
              f"- budgets: fullres {length(budget.epochs)}; control and MoE {length(budget.finetune_epochs)} more, "
              f"from the fullres weights",
              "- methods: " + "; ".join(f"{m.name} ({m.description})" for m in methods),
@@ -285,7 +315,10 @@ def plot_dice_vs_fraction(scores: ScoresByFraction, methods: Sequence[Method], p
 def parse_arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("download", type=Path, help="the COVID-19-20 download (or a synthetic one)")
+    parser.add_argument("download", type=Path, nargs="?", default=None,
+                        help="the COVID-19-20 download (or a synthetic one); optional with --preset")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="; ".join(
+        f"{name}: {preset.description}" for name, preset in PRESETS.items()))
     parser.add_argument("--dir", type=Path, required=True, help="the experiment's folder (EXPERIMENT_DIR)")
     parser.add_argument("--labeled-fractions", type=float, nargs="+", default=[0.1, 0.25, 0.5])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -305,10 +338,22 @@ def budget_of(args: argparse.Namespace) -> Budget:
     return replace(SIZES[args.size], **overrides)
 
 
+def make_preset_download(preset: Preset, size: str, folder: Path) -> Path:
+    """The preset's synthetic download in `folder` (made once; a half-made one is made again)."""
+    done = folder / ".complete"
+    if not done.is_file():
+        print(f"making the preset's synthetic download in {folder}", flush=True)
+        subprocess.run([sys.executable, "-m", "covidseg.synthetic", str(folder), *preset.synthetic[size], "--force"],
+                       check=True)
+        done.write_text("made by make experiment PRESET\n")
+    return folder
+
+
 def run_all(runs: Sequence[Run], methods: Sequence[Method], args: argparse.Namespace, budget: Budget) -> None:
+    preset = PRESETS[args.preset] if args.preset else None
     if not args.gpus:
         for run in runs:
-            Runner(run, budget, args.download, args.test_fraction).all_stages(methods)
+            Runner(run, budget, args.download, args.test_fraction, preset=preset).all_stages(methods)
         return
     free: "queue.Queue[str]" = queue.Queue()
     for gpu in args.gpus:
@@ -317,7 +362,7 @@ def run_all(runs: Sequence[Run], methods: Sequence[Method], args: argparse.Names
     def on_a_free_gpu(run: Run) -> None:
         gpu = free.get()
         try:
-            Runner(run, budget, args.download, args.test_fraction, gpu).all_stages(methods)
+            Runner(run, budget, args.download, args.test_fraction, gpu, preset).all_stages(methods)
         finally:
             free.put(gpu)
 
@@ -328,7 +373,12 @@ def run_all(runs: Sequence[Run], methods: Sequence[Method], args: argparse.Names
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_arguments(argv)
-    args.download, args.dir = args.download.resolve(), args.dir.resolve()
+    args.dir = args.dir.resolve()
+    if args.download is None:
+        if args.preset is None:
+            raise WorkflowError("give the download (DATA) or a preset (PRESET=multisite)")
+        args.download = make_preset_download(PRESETS[args.preset], args.size, args.dir / "download")
+    args.download = args.download.resolve()
     if not args.download.is_dir():
         raise WorkflowError(f"{args.download}: download folder not found (DATA)")
     if not 0 < args.test_fraction < 1:
@@ -349,7 +399,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     rows = collect(runs, methods, budget.plans)
     write_results_csv(rows, args.dir / "results.csv")
     scores = {fraction: scores_by_method(rows, fraction) for fraction in fractions}
-    lines = results_markdown(scores, seeds, budget, args.size, args.test_fraction, methods)
+    lines = results_markdown(scores, seeds, budget, args.size, args.test_fraction, methods,
+                             PRESETS.get(args.preset))
     plot_dice_vs_fraction(scores, methods, args.dir / "dice_vs_labeled_fraction.png")
     lines += ["![dice_vs_labeled_fraction.png](dice_vs_labeled_fraction.png)", ""]
     (args.dir / "results.md").write_text("\n".join(lines))

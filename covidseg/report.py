@@ -161,6 +161,24 @@ def plot_moe_training(moe_log: Path, path: Path) -> bool:
     return bool(log)
 
 
+def unlabelled_signal_section(moe_log: Path) -> List[str]:
+    """What the unlabelled term did after the ramp-up (the MoE's moe_log.json), as a Markdown section."""
+    from nnunet.utilities.moe_progress import diagnostics_after_rampup
+    log = json.loads(moe_log.read_text()) if moe_log.is_file() else []
+    summary = diagnostics_after_rampup(log)
+    if not summary["epochs"]:
+        return []
+    lines = ["## The MoE's unlabelled signal after the ramp-up", "",
+             f"Epochs {summary['epochs'][0]}-{summary['epochs'][-1]} at full consistency weight (moe_log.json; "
+             f"moe_training.png plots every epoch). consistency_grad_share: |gradient of lambda x consistency| / "
+             f"|gradient of the supervised loss| over the shared weights (target >= 0.05).", "",
+             "| diagnostic | mean | min | max |", "|---|---|---|---|"]
+    for key in ("consistency_grad_share", "disagreement", "confident_fraction", "gate_entropy"):
+        values = summary[key]
+        lines.append(f"| {key} | " + (" | ".join(f"{v:.4f}" for v in values) if values else "- | - | -") + " |")
+    return lines + [""]
+
+
 def plot_overlay(case: str, ct_path: Path, reference: Path, baseline: Path, moe: Path, path: Path) -> None:
     ct = sitk.GetArrayFromImage(sitk.ReadImage(str(ct_path)))
     masks = {name: sitk.GetArrayFromImage(sitk.ReadImage(str(p))) == LESION_LABEL
@@ -247,7 +265,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     test_lines, figures = held_out_section(task, folders, args.tolerance_mm, out)
     validation = [f"## Validation (fold {args.fold})", ""] + markdown_table(summaries, missing, lacking,
                                                                            args.tolerance_mm)
-    summary = header(task, args.fold, folders) + [""] + test_lines + validation
+    signal = unlabelled_signal_section(folders["moe"] / "moe_log.json")
+    summary = header(task, args.fold, folders) + [""] + test_lines + signal + validation
     lines = list(summary)
     write_csv(scores, out / "metrics.csv", summaries)
     plot_dice_boxplot(scores, out / "dice_boxplot.png")

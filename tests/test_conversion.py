@@ -111,6 +111,60 @@ def test_test_fraction_zero_keeps_the_earlier_split():
     assert split_train_cases(NAMES, 0.5, 5, 0.0).labeled == sorted(order[:100])
 
 
+def site_bias(share=0.8):
+    from covidseg.data.conversion import SiteBias
+    return SiteBias("A", share, {n: "A" if i % 3 == 0 else "BC"[i % 2] for i, n in enumerate(NAMES)})
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_site_bias_draws_labelled_cases_mostly_from_the_site_and_keeps_the_test_set(seed):
+    bias = site_bias()
+    plain = split_train_cases(NAMES, 0.1, seed, 0.2)
+    labeled = []
+    for fraction in (0.1, 0.25, 0.5):
+        split = split_train_cases(NAMES, fraction, seed, 0.2, bias)
+        assert split.test == plain.test  # the test set spans every site, as without the bias
+        assert sorted(split.test + split.labeled + split.unlabeled) == NAMES
+        assert {bias.sites[n] for n in split.unlabeled} >= {"B", "C"}
+        labeled.append(set(split.labeled))
+        if fraction < 0.5:
+            on_site = sum(bias.sites[n] == "A" for n in split.labeled) / len(split.labeled)
+            assert on_site == pytest.approx(0.8, abs=0.05)
+        else:  # 80 labelled cases, site A has about 53 outside the test set: all of them are labelled
+            assert all(bias.sites[n] != "A" for n in split.unlabeled)
+    assert labeled[0] < labeled[1] < labeled[2]  # still nested
+
+
+def test_a_site_with_too_few_cases_gives_what_it_has_then_the_others():
+    split = split_train_cases(NAMES, 0.9, 0, 0.2, site_bias(share=1.0))
+    assert len(split.labeled) == 144 and sum(site_bias().sites[n] == "A" for n in split.labeled) < 144
+    assert all(site_bias().sites[n] != "A" for n in split.unlabeled)
+
+
+def test_labeled_site_converts_with_the_site_table(tmp_path):
+    from dataclasses import replace
+    from covidseg.data.phantoms import write_download
+    from tests.helpers import TINY
+    download = tmp_path / "download"
+    write_download(download, n_train=10, n_validation=1, seed=3, settings=replace(TINY, sites=2))
+    assert convert(download, tmp_path / "raw", "--labeled-fraction", "0.5", "--test-fraction", "0.2",
+                   "--labeled-site", "B", "--labeled-site-share", "1") == 0
+    split = json.loads((task_dir(tmp_path / "raw") / "split.json").read_text())
+    table = pd.read_csv(download / "sites.csv")
+    sites = dict(zip(table.case, table.site))
+    assert split["labeled_site"] == "B" and split["sites"] == {n: sites[n] for n in split["sites"]}
+    on_site = [n for n in split["labeled"] if sites[n] == "B"]
+    assert len(on_site) == min(len(split["labeled"]),
+                               sum(sites[n] == "B" for n in split["labeled"] + split["unlabeled_from_train"]))
+
+
+def test_labeled_site_without_a_site_table_is_refused_by_name(synthetic_download, tmp_path, capsys):
+    assert convert(synthetic_download, tmp_path, "--labeled-site", "A") == 1
+    err = capsys.readouterr().err
+    assert "sites.csv: site table not found" in err and "Traceback" not in err
+    assert not task_dir(tmp_path).exists()
+
+
 def test_held_out_test_set_is_written_with_labels_and_never_trained_on(synthetic_download, tmp_path):
     assert convert(synthetic_download, tmp_path, "--labeled-fraction", "0.5", "--test-fraction", "0.25") == 0
     task = task_dir(tmp_path)

@@ -4,10 +4,11 @@ import hashlib
 
 import numpy as np
 import pandas as pd
+import pytest
 import SimpleITK as sitk
 
 from covidseg.core.challenge import FILENAME_COLUMN, TRAIN_SHEET, VALIDATION_SHEET, WORKBOOK_NAME
-from covidseg.data.phantoms import HU_LUNG, write_download
+from covidseg.data.phantoms import DISTRIBUTIONS, HU_LUNG, PATTERNS, SITES_FILE, Site, draw_sites, write_download
 from covidseg.synthetic import main
 from tests.helpers import TINY, exit_status
 
@@ -63,3 +64,54 @@ def test_refuses_a_non_empty_folder(tmp_path, capsys):
     assert exit_status(main, str(tmp_path), "--n-train", "1", "--n-validation", "1") == 1
     assert "not empty" in capsys.readouterr().err
     assert (tmp_path / "something").read_text() == "mine"
+
+
+def test_one_site_writes_no_site_table(synthetic_download):
+    assert not (synthetic_download / SITES_FILE).exists()
+
+
+def test_a_multi_site_download_lists_each_cases_site_and_lesion_style(tmp_path):
+    from dataclasses import replace
+    write_download(tmp_path, n_train=12, n_validation=2, seed=3, settings=replace(TINY, sites=3))
+    table = pd.read_csv(tmp_path / SITES_FILE)
+    assert list(table.columns) == ["case", "site", "pattern", "distribution"] and len(table) == 14
+    assert set(table.site) == {"A", "B", "C"}
+    lesion = table[table.pattern != "none"]
+    assert set(lesion.pattern) <= set(PATTERNS) and set(lesion.distribution) <= set(DISTRIBUTIONS)
+    sites = draw_sites(3, seed=3)
+    assert sites[0] == Site("A")  # the single-site scanner
+    assert all(getattr(sites[1], f) != getattr(sites[0], f) for f in ("noise_hu", "hu_scale", "hu_offset", "blur_xy",
+                                                                      "blur_z", "lesion_contrast"))
+
+
+def case_arrays(site, with_lesions=True):
+    from covidseg.data.phantoms import make_case
+    ct, seg = make_case(TINY, np.random.RandomState(0), with_lesions, site)
+    return sitk.GetArrayFromImage(ct).astype(float), sitk.GetArrayFromImage(seg)
+
+
+def test_a_site_changes_calibration_noise_and_lesion_contrast():
+    reference, mask = case_arrays(Site("A"))
+    calibrated, _ = case_arrays(Site("X", hu_scale=1.1, hu_offset=30))
+    inside = reference > -900  # away from the clipping at -1024
+    assert np.abs(calibrated[inside] - (1.1 * reference[inside] + 30)).max() <= 2.2  # both truncated to int16
+    noisy, _ = case_arrays(Site("X", noise_hu=60))
+    assert (noisy - reference)[inside].std() == pytest.approx(35, rel=0.1)  # the same noise field, 60 instead of 25 HU
+    faint, faint_mask = case_arrays(Site("X", lesion_contrast=0.5))
+    assert np.array_equal(faint_mask, mask) and mask.any()
+    lesion = mask > 0
+    assert (faint[lesion].mean() - HU_LUNG) == pytest.approx(0.5 * (reference[lesion].mean() - HU_LUNG), rel=0.15)
+
+
+def test_peripheral_lesions_lie_at_the_lungs_rim_and_crazy_paving_has_septa():
+    from covidseg.data.phantoms import LesionStyle, add_lesions, make_anatomy
+    from scipy.ndimage import distance_transform_edt
+    depths = {}
+    for distribution in ("peripheral", "diffuse"):
+        hu, lungs = make_anatomy((24, 96, 96), np.random.RandomState(0))
+        mask = add_lesions(hu, lungs, 12, np.random.RandomState(1), LesionStyle("crazy_paving", distribution)) > 0
+        depths[distribution] = distance_transform_edt(lungs, sampling=(3.0, 1.0, 1.0))[mask].mean()
+        values = hu[mask]
+        assert values.std() > 80 and values.max() - values.min() >= 200  # septa over the ground glass
+    assert depths["peripheral"] < 0.8 * depths["diffuse"]
+

@@ -45,3 +45,6 @@ def ct_file(root: Path, folder: str, case: str) -> Path:
 
 def seg_file(root: Path, case: str) -> Path:
     return root / TRAIN_FOLDER / f"{case}{SEG_SUFFIX}.nii.gz"
+
+# not the challenge's: the workspace's optional site table of a download (case, site, ...), see make synthetic SITES
+SITES_FILE = "sites.csv"

@@ -26,8 +26,12 @@ METHODS: Dict[str, Method] = {m.name: m for m in (
            ("baseline",)),
     Method("control", "3d_fullres fine-tuned on the labelled cases for the MoE's budget (same-budget control)",
            "nnUNetTrainerV2_finetune", ("control",), requires=("fullres",), finetunes=True),
-    Method("moe", "mixture of experts, labelled + unlabelled cases, from the 3d_fullres weights",
-           "nnUNetTrainerV2_moe", ("weights", "semi"), requires=("fullres",), finetunes=True),
+    Method("moe", "mixture of experts, labelled + unlabelled cases (weak-to-strong consistency), from the 3d_fullres "
+           "weights", "nnUNetTrainerV2_moe", ("weights", "semi"), requires=("fullres",), finetunes=True,
+           environment={"CONSISTENCY": "weak_strong"}),
+    Method("moe_cps", "the same mixture with cross pseudo-supervision between the experts on one view (CONSISTENCY=cps)",
+           "nnUNetTrainerV2_moe", ("weights", "semi"), requires=("fullres",), finetunes=True,
+           environment={"CONSISTENCY": "cps"}),
 )}
 
 

@@ -12,7 +12,13 @@ Output: $nnUNet_raw_data_base/nnUNet_raw_data/Task<ID>_<NAME>/
                                                            --extra-unlabeled scans, images only
     imagesVal/<name>_0000.nii.gz                           the validation set (no labels exist)
     dataset.json                                           nnU-Net's, plus "unlabeled" and "validation"
-    split.json                                             fractions, seed and the ids of each group
+    split.json                                             fractions, seed and the ids of each group (and,
+                                                           with a site table, each case's site)
+
+A download may carry a site table, <download>/sites.csv (columns case, site; `make synthetic SITES=3` writes one):
+then --labeled-site S draws the labelled cases mostly from site S (a share --labeled-site-share of them) while the
+test set and the unlabelled pool span all sites: a hospital that labels its own scans and has unlabelled ones
+from elsewhere.
 
 Everything is checked before anything is written; every problem is reported with its case. The task
 is built in a temporary folder and renamed into place at the end, so an interrupted run leaves no
@@ -31,7 +37,7 @@ import pandas as pd
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from covidseg.core.challenge import (FILENAME_COLUMN, LABELS, LESION_LABEL, BACKGROUND_LABEL, TRAIN_FOLDER,
+from covidseg.core.challenge import (SITES_FILE, FILENAME_COLUMN, LABELS, LESION_LABEL, BACKGROUND_LABEL, TRAIN_FOLDER,
                                      TRAIN_SHEET, VALIDATION_FOLDER, VALIDATION_SHEET, WORKBOOK_NAME, case_id,
                                      ct_file, seg_file)
 from covidseg.core.errors import ProblemsError, WorkflowError
@@ -52,6 +58,7 @@ class Download:
     validation: List[str]
     extra_unlabeled: Dict[str, Path] = field(default_factory=dict)  # case id -> file
     root: Optional[Path] = None
+    site_bias: Optional["SiteBias"] = None
 
     def ct(self, name: str) -> Path:
         if name in self.extra_unlabeled:
@@ -155,7 +162,8 @@ def collect_extra_unlabeled(folder: Path, problems: List[str]) -> Dict[str, Path
     return cases
 
 
-def validate(root: Path, extra_unlabeled: Optional[Path]) -> Download:
+def validate(root: Path, extra_unlabeled: Optional[Path], labeled_site: Optional[str] = None,
+             labeled_site_share: float = 0.8) -> Download:
     """Check the whole input; raise ConversionError listing every problem found."""
     problems: List[str] = []
     if not root.is_dir():
@@ -169,6 +177,8 @@ def validate(root: Path, extra_unlabeled: Optional[Path]) -> Download:
         problems.append(f"{root / WORKBOOK_NAME}: sheet '{TRAIN_SHEET}' lists no case")
     download = Download(train=list(dict.fromkeys(train)), validation=list(dict.fromkeys(validation)),
                         extra_unlabeled=extra, root=root)
+    if labeled_site is not None:
+        download.site_bias = read_site_bias(root, labeled_site, labeled_site_share, download.train, problems)
     for name in tqdm(download.train, desc="checking train cases", unit="case", disable=None):
         check_labeled_case(download, name, problems)
     for name in tqdm(download.validation + list(extra), desc="checking images", unit="case", disable=None):
@@ -185,7 +195,58 @@ class Split(NamedTuple):
     unlabeled: List[str]  # imagesUnlabeled/ (their masks are never copied)
 
 
-def split_train_cases(train: List[str], labeled_fraction: float, seed: int, test_fraction: float = 0.0) -> Split:
+@dataclass(frozen=True)
+class SiteBias:
+    """Labelled cases drawn mostly from one site of the download's site table."""
+    site: str
+    share: float            # fraction of the labelled cases from `site` (as far as it has cases)
+    sites: Dict[str, str]   # case id -> site
+
+
+def read_site_bias(root: Path, site: str, share: float, train: List[str], problems: List[str]) -> Optional[SiteBias]:
+    path = root / SITES_FILE
+    if not path.is_file():
+        problems.append(f"{path}: site table not found (--labeled-site / LABELED_SITE needs one: columns case, site; "
+                        f"'make synthetic SITES=3' writes it)")
+        return None
+    try:
+        table = pd.read_csv(path, dtype=str)
+    except Exception as e:
+        problems.append(f"{path}: cannot be read as CSV ({e})")
+        return None
+    missing_columns = [c for c in ("case", "site") if c not in table.columns]
+    if missing_columns:
+        problems.append(f"{path}: no column {', '.join(missing_columns)} (found: {', '.join(table.columns)})")
+        return None
+    sites = {case_id(str(c)): str(s) for c, s in zip(table["case"], table["site"])}
+    unlisted = [n for n in train if n not in sites]
+    if unlisted:
+        problems.append(f"{path}: {len(unlisted)} train case(s) have no site, e.g. {', '.join(unlisted[:3])}")
+    if site not in {sites.get(n) for n in train}:
+        problems.append(f"{path}: no train case from site '{site}' (sites: {', '.join(sorted(set(sites.values())))})")
+    if not 0 < share <= 1:
+        problems.append(f"--labeled-site-share {share}: expected a fraction in (0, 1]")
+    return SiteBias(site, share, sites)
+
+
+def site_first_order(cases: List[str], bias: SiteBias) -> List[str]:
+    """`cases` reordered so that every prefix holds about `share` cases from the site (rounded), in the given order
+    within each group: the labelled cases of any fraction are a prefix, so smaller fractions stay nested."""
+    on_site = [c for c in cases if bias.sites.get(c) == bias.site]
+    elsewhere = [c for c in cases if bias.sites.get(c) != bias.site]
+    order: List[str] = []
+    taken = 0
+    while on_site or elsewhere:
+        if on_site and (taken < int(round(bias.share * (len(order) + 1))) or not elsewhere):
+            order.append(on_site.pop(0))
+            taken += 1
+        else:
+            order.append(elsewhere.pop(0))
+    return order
+
+
+def split_train_cases(train: List[str], labeled_fraction: float, seed: int, test_fraction: float = 0.0,
+                      site_bias: Optional[SiteBias] = None) -> Split:
     """Deterministic split of the train cases into test, labelled and unlabelled cases.
 
     One permutation of the sorted names per seed: the test set is its first round(test_fraction * N) cases
@@ -193,7 +254,8 @@ def split_train_cases(train: List[str], labeled_fraction: float, seed: int, test
     labelled cases are the next round(labeled_fraction * the rest) (at least one), so with one seed a smaller
     labelled fraction is a subset of a larger one and curves over fractions compare like with like; the
     unlabelled pool is what remains. test_fraction=0 gives exactly the labelled/unlabelled split of earlier
-    versions.
+    versions. With a site bias the rest is reordered site-first (site_first_order) before the labelled cases are
+    taken; the test set does not change.
     """
     order = np.random.RandomState(seed).permutation(sorted(train)).tolist()
     n_test = max(1, int(round(test_fraction * len(order)))) if test_fraction > 0 else 0
@@ -201,6 +263,8 @@ def split_train_cases(train: List[str], labeled_fraction: float, seed: int, test
         raise WorkflowError(f"a test fraction of {test_fraction} of {len(order)} train cases leaves no case to train "
                             f"on (TEST_FRACTION / --test-fraction)")
     rest = order[n_test:]
+    if site_bias is not None:
+        rest = site_first_order(rest, site_bias)
     n_labeled = max(1, int(round(labeled_fraction * len(rest))))
     return Split(sorted(order[:n_test]), sorted(rest[:n_labeled]), sorted(rest[n_labeled:]))
 
@@ -227,9 +291,18 @@ def dataset_json(task_name: str, split: Split, unlabeled: List[str], validation:
     }
 
 
+def site_record(download: Download) -> dict:
+    """split.json's record of the site bias and of each case's site (from the site table, when one is used)."""
+    bias = download.site_bias
+    if bias is None:
+        return {}
+    return {"labeled_site": bias.site, "labeled_site_share": bias.share,
+            "sites": {n: bias.sites.get(n) for n in download.train + download.validation if n in bias.sites}}
+
+
 def write_task(download: Download, task_dir: Path, labeled_fraction: float, seed: int, force: bool,
                test_fraction: float = 0.0) -> None:
-    split = split_train_cases(download.train, labeled_fraction, seed, test_fraction)
+    split = split_train_cases(download.train, labeled_fraction, seed, test_fraction, download.site_bias)
     labeled, held_back = split.labeled, split.unlabeled
     extra = sorted(download.extra_unlabeled)
     task_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -254,7 +327,7 @@ def write_task(download: Download, task_dir: Path, labeled_fraction: float, seed
             "labeled_fraction": labeled_fraction, "test_fraction": test_fraction, "seed": seed,
             "test": split.test, "labeled": labeled, "unlabeled_from_train": held_back,
             "extra_unlabeled": {n: str(download.extra_unlabeled[n]) for n in extra},
-            "validation": download.validation}, indent=2))
+            "validation": download.validation, **site_record(download)}, indent=2))
         os.chmod(tmp, 0o755)
         if task_dir.exists():
             if not force:

@@ -34,10 +34,11 @@ def plot_moe_progress(log: List[dict], path: str) -> None:
     ax_loss.legend(loc="upper left")
     ax_lambda.legend(loc="upper right")
 
-    for key, label in DIAGNOSTICS.items():
-        ax_signal.plot(epochs, series(log, key), marker=".", label=label)
+    for key, label in DIAGNOSTICS.items():  # log scale: the fractions span 1e-4 (disagreement) to 1 (confidence)
+        ax_signal.plot(epochs, np.clip(series(log, key), 1e-5, None), marker=".", label=label)
     ax_signal.axhline(0.05, color="grey", lw=0.8, ls=":", label="gradient share 0.05")
-    ax_signal.set_ylabel("unlabelled term")
+    ax_signal.set_yscale("log")
+    ax_signal.set_ylabel("unlabelled term (log scale)")
     ax_signal.legend(loc="best", fontsize="small")
 
     usage = np.array([e["usage"] for e in log])
@@ -57,3 +58,20 @@ def plot_moe_progress(log: List[dict], path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def after_rampup(log: List[dict]) -> List[dict]:
+    """The epochs at full consistency weight (lambda at its maximum, above 0)."""
+    top = max((e["lambda"] or 0.0 for e in log), default=0.0)
+    return [e for e in log if top > 0 and (e["lambda"] or 0.0) >= top * (1 - 1e-6)]
+
+
+def diagnostics_after_rampup(log: List[dict]) -> dict:
+    """Mean, min and max of each diagnostic over the epochs after the ramp-up (NaN where none was measured)."""
+    epochs = after_rampup(log)
+    summary = {"epochs": [e["epoch"] for e in epochs]}
+    for key in tuple(DIAGNOSTICS) + ("gate_entropy",):
+        values = series(epochs, key)
+        values = values[np.isfinite(values)]
+        summary[key] = (float(values.mean()), float(values.min()), float(values.max())) if values.size else None
+    return summary

@@ -34,7 +34,7 @@ CONSISTENCY_KINDS = ("weak_strong", "cps")
 class ConsistencySettings:
     kind: str = "weak_strong"
     threshold: float = 0.95
-    lambda_max: float = 1.0
+    lambda_max: float = 2.0
     warmup_epochs: int = 50
     rampup_epochs: int = 200
     perturbation: PerturbationSettings = field(default_factory=PerturbationSettings)

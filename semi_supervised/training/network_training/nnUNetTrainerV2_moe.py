@@ -28,7 +28,7 @@ learning_rate.finetune_lr), the same as its same-budget control nnUNetTrainerV2_
 Settings (environment variables, read when the trainer is created for training; stored in the
 checkpoint's .pkl so that -c, -val and prediction rebuild the same network and loss):
     MOE_NUM_EXPERTS (3), MOE_TOP_K (2), MOE_BALANCE_ALPHA (0.01), and the consistency's (ConsistencySettings):
-    CONSISTENCY (weak_strong), CONFIDENCE_THRESHOLD (0.95), MOE_LAMBDA_MAX (1.0), MOE_WARMUP_EPOCHS (50),
+    CONSISTENCY (weak_strong), CONFIDENCE_THRESHOLD (0.95), MOE_LAMBDA_MAX (2.0), MOE_WARMUP_EPOCHS (50),
     MOE_RAMPUP_EPOCHS (200), PERTURBATION (strengths, e.g. "noise_std=0.1 cutmix=0.5")
 and, read at every network construction (also for prediction): MOE_INFERENCE_TOP_K (the training k).
 The Makefile sets them from EXPERTS, TOP_K, BALANCE_ALPHA, CONSISTENCY, CONFIDENCE_THRESHOLD, LAMBDA_MAX,
