@@ -4,9 +4,13 @@ Measures, each in a fresh process (so that peak memory is the model's own):
   - a training step (forward + backward + SGD step, batch 2, deep supervision; the MoE's loss covers the
     gate-weighted combination and every chosen expert, as in nnUNetTrainerV2_moe) of the baseline and of
     the MoE at training k=2;
+  - the MoE's full semi-supervised training step: the labelled batch plus an unlabelled batch of 2 with its
+    consistency term, CONSISTENCY=weak_strong (weak view without gradient, strong view with) and cps, exactly as
+    nnUNetTrainerV2_moe computes it (moe_unlabeled_term);
   - inference (one patch, no gradient, do_ds=False, as in nnU-Net's sliding window) of the baseline and
     of the MoE at inference k=1 and k=2;
-and prints the ratios against the targets (training <= 1.5x at k=2, inference <= 1.1x at k=1).
+and prints the ratios against the targets (training <= 1.5x at k=2, inference <= 1.1x at k=1), the
+semi-supervised step against the labelled-only MoE step, and peak memory against 24 GB (a common lab GPU).
 
 The default plan is COVID-19-20's 3d_fullres one (patch 28x256x256, six poolings
 [[1,2,2],[1,2,2],[2,2,2],[2,2,2],[1,2,2],[1,2,2]], 32 base features). On a CPU use --cpu-sized (patch
@@ -28,6 +32,7 @@ COVID_PATCH = (28, 256, 256)
 COVID_POOLING = [[1, 2, 2], [1, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2], [1, 2, 2]]
 COVID_KERNELS = [[1, 3, 3], [1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]]
 TARGETS = {"train_k2": 1.5, "inference_k1": 1.1}
+PEAK_MEMORY_TARGET_MB = 24 * 1024
 
 
 def build(kind: str, pooling, kernels, num_experts: int, top_k: int, inference_top_k: int):
@@ -69,10 +74,18 @@ def measure(job: dict) -> dict:
         y = torch.randint(0, 2, (2, *job["patch"]), device=device)
         scaler = torch.amp.GradScaler("cuda") if amp else None
 
+        unlabeled = torch.randn((2, 1, *job["patch"]), device=device) if job.get("unlabeled") else None
+        if unlabeled is not None:
+            from nnunet.training.loss_functions.consistency import ConsistencySettings
+            from nnunet.training.network_training.nnUNetTrainerV2_moe import moe_unlabeled_term
+            settings = ConsistencySettings(kind=job["unlabeled"])
+
         def step():
             optimizer.zero_grad()
             with torch.autocast(device.type, enabled=amp):
                 loss = deep_supervision_loss(net(x), y)
+                if unlabeled is not None:
+                    loss = loss + settings.lambda_max * moe_unlabeled_term(net, unlabeled, settings).consistency
             if scaler:
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
@@ -118,6 +131,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--only", nargs="+", default=None, metavar="RUN",
+                        help="measure only these runs (e.g. 'moe semi weak_strong'); ratios need their pairs")
     args = parser.parse_args()
 
     patch, pooling, kernels = COVID_PATCH, COVID_POOLING, COVID_KERNELS
@@ -128,27 +143,44 @@ def main() -> None:
     runs = {
         "baseline train": dict(base, kind="baseline", mode="train", top_k=1, inference_top_k=1),
         "moe train k=2": dict(base, kind="moe", mode="train", top_k=2, inference_top_k=2),
+        "moe semi weak_strong": dict(base, kind="moe", mode="train", top_k=2, inference_top_k=2,
+                                     unlabeled="weak_strong"),
+        "moe semi cps": dict(base, kind="moe", mode="train", top_k=2, inference_top_k=2, unlabeled="cps"),
         "baseline inference": dict(base, kind="baseline", mode="inference", top_k=1, inference_top_k=1),
         "moe inference k=1": dict(base, kind="moe", mode="inference", top_k=2, inference_top_k=1),
         "moe inference k=2": dict(base, kind="moe", mode="inference", top_k=2, inference_top_k=2),
     }
     print(f"device {args.device} ({torch.cuda.get_device_name() if args.device == 'cuda' else 'CPU'}), "
           f"patch {list(patch)}, {len(pooling)} poolings, {args.experts} experts, median of {args.repeats}")
+    if args.only:
+        unknown = [name for name in args.only if name not in runs]
+        if unknown:
+            parser.error(f"unknown run(s) {unknown}; known: {list(runs)}")
+        runs = {name: runs[name] for name in args.only}
     results = {}
     for name, job in runs.items():
         results[name] = run_isolated(job)
         print(f"  {name:<20} {results[name]['ms']:9.1f} ms   peak {results[name]['peak_mb']:8.0f} MB", flush=True)
-    ratios = {
-        "train_k2": results["moe train k=2"]["ms"] / results["baseline train"]["ms"],
-        "inference_k1": results["moe inference k=1"]["ms"] / results["baseline inference"]["ms"],
-        "inference_k2": results["moe inference k=2"]["ms"] / results["baseline inference"]["ms"],
-        "train_peak_memory_k2": results["moe train k=2"]["peak_mb"] / results["baseline train"]["peak_mb"],
-    }
-    print("ratios MoE / baseline:")
+    pairs = {"train_k2": ("moe train k=2", "baseline train"), "inference_k1": ("moe inference k=1", "baseline inference"),
+             "inference_k2": ("moe inference k=2", "baseline inference"),
+             "semi_weak_strong_vs_labelled_only": ("moe semi weak_strong", "moe train k=2"),
+             "semi_cps_vs_labelled_only": ("moe semi cps", "moe train k=2"),
+             "semi_weak_strong_vs_baseline": ("moe semi weak_strong", "baseline train")}
+    ratios = {name: results[a]["ms"] / results[b]["ms"] for name, (a, b) in pairs.items()
+              if a in results and b in results}
+    if "moe train k=2" in results and "baseline train" in results:
+        ratios["train_peak_memory_k2"] = results["moe train k=2"]["peak_mb"] / results["baseline train"]["peak_mb"]
+    print("ratios:")
     for name, value in ratios.items():
         target = TARGETS.get(name)
         verdict = "" if target is None else ("  (target <= %.1f: %s)" % (target, "met" if value <= target else "MISSED"))
         print(f"  {name:<22} {value:5.2f}x{verdict}")
+    if "moe semi weak_strong" in results:
+        peak = results["moe semi weak_strong"]["peak_mb"]
+        where = "GPU memory allocated" if args.device == "cuda" else "process RSS (CPU, fp32)"
+        print(f"peak memory of the semi-supervised step (weak_strong): {peak:.0f} MB {where}"
+              + (f"  (target <= {PEAK_MEMORY_TARGET_MB} MB: {'met' if peak <= PEAK_MEMORY_TARGET_MB else 'MISSED'})"
+                 if args.device == "cuda" else ""))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"settings": {k: v for k, v in base.items()}, "results": results,

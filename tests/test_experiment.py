@@ -1,22 +1,27 @@
 """make experiment (python -m covidseg.experiment): a tiny protocol (1 labelled fraction x 1 seed, fullres, control
 and MoE) trains, segments the held-out test set, tabulates, and resumes without redoing finished work."""
 import csv
+import json
+import pickle
 import subprocess
 import sys
+
+from dataclasses import replace
 
 import pytest
 
 from covidseg.data.phantoms import write_download
 from tests.helpers import TINY, run_env
 
-METHODS = ("fullres", "control", "moe")
+METHODS = ("fullres", "control", "moe", "moe_cps")
 TINY_BUDGET = ["--size", "cpu", "--epochs", "2", "--finetune-epochs", "2", "--iterations", "3", "--val-iterations",
                "1", "--warmup-epochs", "0", "--rampup-epochs", "1"]
 
 
 def experiment(download, folder, *args, expect_ok=True):
     result = subprocess.run([sys.executable, "-m", "covidseg.experiment", str(download), "--dir", str(folder),
-                             "--labeled-fractions", "0.5", "--seeds", "0", "--test-fraction", "0.2", *TINY_BUDGET,
+                             "--labeled-fractions", "0.5", "--seeds", "0", "--test-fraction", "0.2", "--preset",
+                             "multisite", *TINY_BUDGET,
                              *args], env=run_env(nnUNet_n_proc_DA=1), capture_output=True, text=True)
     if expect_ok:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -29,9 +34,10 @@ def checkpoints(folder):
 
 @pytest.fixture(scope="module")
 def tiny_experiment(tmp_path_factory):
-    """First only fullres (as if interrupted after it), then all three methods."""
+    """A two-site download (preset multisite: labelled cases mostly from site A); first only fullres (as if
+    interrupted after it), then every method."""
     root = tmp_path_factory.mktemp("experiment")
-    write_download(root / "download", n_train=10, n_validation=1, seed=3, settings=TINY)
+    write_download(root / "download", n_train=10, n_validation=1, seed=3, settings=replace(TINY, sites=2))
     partial = experiment(root / "download", root / "exp", "--methods", "fullres")
     fullres_trained = checkpoints(root / "exp")
     complete = experiment(root / "download", root / "exp", "--methods", *METHODS)
@@ -47,14 +53,23 @@ def test_experiment_trains_evaluates_and_tabulates_every_method(tiny_experiment)
     assert all(0 <= float(r["dice"]) <= 1 and r["labeled_fraction"] == "0.5" and r["seed"] == "0" for r in rows)
     text = (root / "exp" / "results.md").read_text()
     assert "## Labelled fraction 0.5" in text and "| moe - control |" in text and "| control - fullres |" in text
+    assert "| moe - moe_cps |" in text and "| moe_cps - control |" in text and "preset: labelled cases mostly" in text
     assert text.split("## Labelled fraction 0.5")[1].split("![")[0].strip() in complete.stdout  # printed too
     assert (root / "exp" / "dice_vs_labeled_fraction.png").stat().st_size > 10000
     run = root / "exp" / "runs" / "lf0.5_seed0"
-    for trainer in ("nnUNetTrainerV2", "nnUNetTrainerV2_finetune", "nnUNetTrainerV2_moe"):
-        model = next(run.rglob(f"{trainer}__nnUNetPlans_CPUDemo/all"))
+    for method, trainer in (("fullres", "nnUNetTrainerV2"), ("control", "nnUNetTrainerV2_finetune"),
+                            ("moe", "nnUNetTrainerV2_moe"), ("moe_cps", "nnUNetTrainerV2_moe")):
+        model = next((run / "results" / method).rglob(f"{trainer}__nnUNetPlans_CPUDemo/all"))
         assert (model / "model_final_checkpoint.model").is_file()
         assert not (model / "validation_raw").exists()  # fold all: no inference on its own training cases
         assert len(list((model / "test_predictions").glob("*.nii.gz"))) == 2
+    for method, kind in (("moe", "weak_strong"), ("moe_cps", "cps")):  # same trainer, each with its own loss
+        model = next((run / "results" / method).rglob("nnUNetTrainerV2_moe__*/all"))
+        with open(model / "model_final_checkpoint.model.pkl", "rb") as f:
+            assert pickle.load(f)["init"][-1]["kind"] == kind
+        assert json.loads((model / "moe_log.json").read_text())[-1]["confident_fraction"] is not None
+    split = json.loads((run / "raw" / "nnUNet_raw_data" / "Task200_COVID_19_20" / "split.json").read_text())
+    assert split["labeled_site"] == "A" and split["labeled_site_share"] == 0.8
 
 
 def test_experiment_resumes_without_redoing_finished_work(tiny_experiment):
@@ -74,6 +89,12 @@ def test_a_run_converted_with_other_settings_is_refused(tiny_experiment):
     result = experiment(root / "download", root / "exp", "--methods", "fullres", "--test-fraction", "0.3",
                         expect_ok=False)
     assert result.returncode == 1 and "was converted with other settings" in result.stderr
+
+
+def test_without_data_or_preset_the_experiment_says_what_to_give(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "covidseg.experiment", "--dir", str(tmp_path / "exp")],
+                            env=run_env(), capture_output=True, text=True)
+    assert result.returncode == 1 and "give the download (DATA) or a preset" in result.stderr
 
 
 @pytest.mark.parametrize("args,message", [(["--methods", "moe", "nope"], "METHODS: unknown method(s) nope"),

@@ -5,8 +5,9 @@ single false-positive voxel, which would swing a mean over few cases. So:
 - over the cases with a lesion: mean Dice, NSD and HD95, each with a 95% bootstrap confidence interval over cases
   (HD95 is undefined where a model predicts nothing: counted, left out of its mean);
 - over the lesion-free cases: the false-positive volume (ml) and the number of cases with any false positive;
-- paired differences of Dice on the cases with a lesion (MoE - control, MoE - fullres, control - fullres,
-  ensemble - fullres, those whose models exist): mean, 95% bootstrap CI, Wilcoxon signed-rank p, and a verdict
+- paired differences of Dice on the cases with a lesion (the MoE against every other model, each other
+  semi-supervised method against the control, control - fullres, ensemble - fullres; those whose models exist):
+  mean, 95% bootstrap CI, Wilcoxon signed-rank p, and a verdict
   that says "no significant difference" whenever the CI contains 0 or p >= 0.05 (covidseg.evaluation.statistics).
 """
 from dataclasses import dataclass
@@ -15,8 +16,11 @@ from typing import Dict, List, Sequence, Tuple
 from covidseg.evaluation.metrics import CaseMetrics
 from covidseg.evaluation.statistics import Estimate, PairedDifference, mean_with_ci, paired_difference
 
-COMPARISONS: Sequence[Tuple[str, str]] = (("moe", "control"), ("moe", "fullres"), ("control", "fullres"),
-                                          ("ensemble", "fullres"))
+# other semi-supervised methods of `make experiment` (covidseg.core.methods), compared with the MoE and the control
+OTHER_SEMI_SUPERVISED = ("moe_cps", "selftrain", "meanteacher")
+COMPARISONS: Sequence[Tuple[str, str]] = (
+    (("moe", "control"), ("moe", "fullres")) + tuple(("moe", m) for m in OTHER_SEMI_SUPERVISED)
+    + tuple((m, "control") for m in OTHER_SEMI_SUPERVISED) + (("control", "fullres"), ("ensemble", "fullres")))
 
 
 @dataclass(frozen=True)

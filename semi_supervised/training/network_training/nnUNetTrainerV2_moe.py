@@ -106,6 +106,28 @@ class UnlabeledTerm(NamedTuple):
     gate_probs: torch.Tensor  # (B, E) of the unlabelled batch
 
 
+def moe_unlabeled_term(network, weak: torch.Tensor, settings: ConsistencySettings) -> UnlabeledTerm:
+    """The consistency loss of a Generic_UNet_MoE (in training mode) on an unlabelled, weakly augmented batch, and
+    what it saw. weak_strong: the chosen experts' pseudo-labels on the weak view (no gradient) train the other
+    chosen experts on the strong view, routed to the same experts; cps: cross pseudo-supervision on the weak view."""
+    threshold = settings.threshold
+    if settings.kind == "cps":
+        output = network(weak)
+        slots = [slot[0] for slot in output.slots]
+        return UnlabeledTerm(pairwise_consistency_loss(slots), disagreement(slots),
+                             confident_fraction([pseudo_labels(s) for s in slots], threshold), output.gate.probs)
+    with torch.no_grad():
+        teacher = network(weak)
+    weak_slots = [slot[0] for slot in teacher.slots]
+    targets = [pseudo_labels(s) for s in weak_slots]
+    strong, mix = strong_view(weak, settings.perturbation)
+    with bottleneck_dropout(network, settings.perturbation.feature_dropout):
+        student = network(strong, decision=teacher.gate)  # the experts the weak view chose
+    mixed_targets = [PseudoLabels(mix.apply(t.labels), mix.apply(t.confidence)) for t in targets]
+    loss = weak_to_strong_loss([slot[0] for slot in student.slots], mixed_targets, threshold)
+    return UnlabeledTerm(loss, disagreement(weak_slots), confident_fraction(targets, threshold), teacher.gate.probs)
+
+
 DIAGNOSTICS = ("disagreement", "confident_fraction", "consistency_grad_share", "gate_entropy")
 
 
@@ -176,24 +198,7 @@ class nnUNetTrainerV2_moe(nnUNetTrainerV2):
         return per_expert + self.loss(output.combined, target)
 
     def unlabeled_term(self, weak: torch.Tensor) -> UnlabeledTerm:
-        """The consistency loss on an unlabelled (weakly augmented) batch and what it saw."""
-        threshold = self.consistency.threshold
-        if self.consistency.kind == "cps":
-            output = self.network(weak)
-            slots = [slot[0] for slot in output.slots]
-            return UnlabeledTerm(pairwise_consistency_loss(slots), disagreement(slots),
-                                 confident_fraction([pseudo_labels(s) for s in slots], threshold), output.gate.probs)
-        with torch.no_grad():
-            teacher = self.network(weak)
-        weak_slots = [slot[0] for slot in teacher.slots]
-        targets = [pseudo_labels(s) for s in weak_slots]
-        strong, mix = strong_view(weak, self.consistency.perturbation)
-        with bottleneck_dropout(self.network, self.consistency.perturbation.feature_dropout):
-            student = self.network(strong, decision=teacher.gate)  # the experts the weak view chose
-        mixed_targets = [PseudoLabels(mix.apply(t.labels), mix.apply(t.confidence)) for t in targets]
-        loss = weak_to_strong_loss([slot[0] for slot in student.slots], mixed_targets, threshold)
-        return UnlabeledTerm(loss, disagreement(weak_slots), confident_fraction(targets, threshold),
-                             teacher.gate.probs)
+        return moe_unlabeled_term(self.network, weak, self.consistency)
 
     def consistency_gradient_share(self, losses: MoELosses) -> float:
         """|d(lambda x consistency)/d shared| / |d supervised/d shared| over the encoder and shared decoder blocks
