@@ -70,6 +70,10 @@ WARMUP_EPOCHS ?=
 RAMPUP_EPOCHS ?=
 BALANCE_ALPHA ?=
 TRANSFER_NOISE ?=
+# make selftrain (empty: 1 round, drop cases below 0.8 confidence) and make meanteacher (empty: decay 0.99)
+SELFTRAIN_ROUNDS ?=
+SELFTRAIN_THRESHOLD ?=
+EMA_DECAY ?=
 # make predict
 INPUT ?=
 OUTPUT ?=
@@ -81,7 +85,7 @@ BACKEND ?= gcam
 LABELED_FRACTIONS ?= 0.1 0.25 0.5
 SEEDS ?= 0 1
 EXPERIMENT_DIR ?= experiment
-METHODS ?= fullres control moe
+METHODS ?= fullres control selftrain meanteacher moe
 # PRESET=multisite: labelled cases mostly from site A, unlabelled pool and test set from all sites
 PRESET ?=
 SIZE ?= gpu
@@ -118,6 +122,9 @@ export MOE_TRANSFER_NOISE := $(TRANSFER_NOISE)
 export CONSISTENCY := $(CONSISTENCY)
 export CONFIDENCE_THRESHOLD := $(CONFIDENCE_THRESHOLD)
 export PERTURBATION := $(PERTURBATION)
+export SELFTRAIN_ROUNDS := $(SELFTRAIN_ROUNDS)
+export SELFTRAIN_THRESHOLD := $(SELFTRAIN_THRESHOLD)
+export MT_EMA_DECAY := $(EMA_DECAY)
 
 WORKFLOW_ARGS := --task $(TASK) --fold $(FOLD) --plans $(PLANS) --trainer $(TRAINER) $(if $(FORCE),--force)
 
@@ -133,7 +140,8 @@ DEMO_SEMI_EPOCHS ?= 10
 DEMO_WARMUP_EPOCHS ?= 2
 DEMO_RAMPUP_EPOCHS ?= 5
 
-.PHONY: help setup synthetic convert preprocess baseline control weights semi evaluate predict gradcam report \
+.PHONY: help setup synthetic convert preprocess baseline control selftrain meanteacher weights semi evaluate predict \
+	gradcam report \
 	experiment demo test clean-demo
 
 help:
@@ -149,6 +157,11 @@ help:
 ##   baseline    3d_fullres + 3d_lowres (--npz), nnUNet_ensemble, Dice table [FOLD=4 TRAINER PLANS EPOCHS ITERS VAL_ITERS NPROC_DA]
 ##   control     the MoE's same-budget control: nnUNetTrainerV2_finetune continues the 3d_fullres baseline on the
 ##               labelled cases [CONTROL_TRAINER FINETUNE_LR EPOCHS ITERS VAL_ITERS FORCE=]
+##   selftrain   nnU-Net self-training from the baseline on the MoE's budget: pseudo-labels of the unlabelled pool,
+##               student on labelled + confident ones, then fine-tuned on the labelled [SELFTRAIN_ROUNDS=1
+##               SELFTRAIN_THRESHOLD=0.8 FINETUNE_LR EPOCHS ITERS VAL_ITERS FORCE=]
+##   meanteacher 3d_fullres + EMA teacher, the MoE's weak-to-strong consistency without experts [EMA_DECAY=0.99
+##               CONFIDENCE_THRESHOLD PERTURBATION LAMBDA_MAX WARMUP_EPOCHS RAMPUP_EPOCHS FINETUNE_LR EPOCHS FORCE=]
 ##   weights     baseline 3d_fullres checkpoint -> MoE initialisation [FOLD TRANSFER_NOISE=0.001 EXPERTS=3 TOP_K=2 FORCE=]
 ##   semi        train nnUNetTrainerV2_moe from it, validate, Dice vs baseline [EXPERTS TOP_K CONSISTENCY=weak_strong|cps
 ##               CONFIDENCE_THRESHOLD PERTURBATION LAMBDA_MAX WARMUP_EPOCHS RAMPUP_EPOCHS BALANCE_ALPHA FINETUNE_LR
@@ -161,7 +174,8 @@ help:
 ##               differences) and the validation fold: Markdown, CSV, plots [FOLD REPORT_DIR=report NSD_TOLERANCE_MM=1.0]
 ##   experiment  DATA=<download> (or PRESET=multisite) the whole protocol per labelled fraction x seed: convert (test
 ##               set held out), preprocess, train METHODS, segment the test set; results.csv/.md and a plot
-##               [LABELED_FRACTIONS SEEDS TEST_FRACTION=0.2 EXPERIMENT_DIR=experiment METHODS="fullres control moe"
+##               [LABELED_FRACTIONS SEEDS TEST_FRACTION=0.2 EXPERIMENT_DIR=experiment
+##               METHODS="fullres control selftrain meanteacher moe" (also moe_cps)
 ##               PRESET= SIZE=gpu|cpu GPUS= EPOCHS FINETUNE_EPOCHS ITERS VAL_ITERS WARMUP_EPOCHS RAMPUP_EPOCHS]
 ##   demo        synthetic download -> convert (test set held out) -> preprocess -> baseline -> control -> weights -> semi
 ##               -> evaluate -> predict -> gradcam -> report, on the CPU [DEMO_DIR=demo DEMO_CASES=40 DEMO_TEST_FRACTION=0.3]
@@ -218,6 +232,12 @@ MOE_ARGS := --task $(TASK) --fold $(FOLD) --plans $(PLANS) --trainer $(TRAINER) 
 
 control: setup
 	$(PY) -m covidseg.control $(MOE_ARGS)
+
+selftrain: setup
+	$(PY) -m covidseg.selftrain $(MOE_ARGS)
+
+meanteacher: setup
+	$(PY) -m covidseg.meanteacher $(MOE_ARGS)
 
 weights: setup
 	$(PY) -m covidseg.weights $(MOE_ARGS)

@@ -161,7 +161,8 @@ def main() -> None:
     for name, job in runs.items():
         results[name] = run_isolated(job)
         print(f"  {name:<20} {results[name]['ms']:9.1f} ms   peak {results[name]['peak_mb']:8.0f} MB", flush=True)
-    pairs = {"train_k2": ("moe train k=2", "baseline train"), "inference_k1": ("moe inference k=1", "baseline inference"),
+    pairs = {"train_k2": ("moe train k=2", "baseline train"),
+             "inference_k1": ("moe inference k=1", "baseline inference"),
              "inference_k2": ("moe inference k=2", "baseline inference"),
              "semi_weak_strong_vs_labelled_only": ("moe semi weak_strong", "moe train k=2"),
              "semi_cps_vs_labelled_only": ("moe semi cps", "moe train k=2"),
@@ -173,7 +174,8 @@ def main() -> None:
     print("ratios:")
     for name, value in ratios.items():
         target = TARGETS.get(name)
-        verdict = "" if target is None else ("  (target <= %.1f: %s)" % (target, "met" if value <= target else "MISSED"))
+        verdict = "" if target is None else \
+            ("  (target <= %.1f: %s)" % (target, "met" if value <= target else "MISSED"))
         print(f"  {name:<22} {value:5.2f}x{verdict}")
     if "moe semi weak_strong" in results:
         peak = results["moe semi weak_strong"]["peak_mb"]

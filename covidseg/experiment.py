@@ -48,7 +48,8 @@ from covidseg.evaluation.metrics import CaseFileError, CaseMetrics, metrics_per_
 TASK_ID, TASK = 200, "Task200_COVID_19_20"
 FOLD = "all"
 BASE_TRAINER = METHODS["fullres"].trainer
-TRAINING_COMMANDS = ("baseline", "control", "semi")
+TRAINING_COMMANDS = ("baseline", "control", "semi", "selftrain", "meanteacher")
+STANDARD_TRAINERS = (BASE_TRAINER, METHODS["control"].trainer, METHODS["moe"].trainer)  # evaluate knows these
 
 
 @dataclass(frozen=True)
@@ -216,8 +217,9 @@ class Runner:
         for command in method.commands:
             self.command(command, *self.model_arguments(command), method=method)
         self.say(f"{method.name}: segmenting the test set")
+        extra = [] if method.trainer in STANDARD_TRAINERS else ["--extra-model", f"{method.name}={method.trainer}"]
         self.command("evaluate", *self.model_arguments("evaluate"), *([] if self.budget.tta else ["--disable-tta"]),
-                     method=method)
+                     *extra, method=method)
 
     def all_stages(self, methods: Sequence[Method]) -> None:
         self.convert()
@@ -275,8 +277,9 @@ def results_markdown(scores: ScoresByFraction, seeds: Sequence[int], budget: Bud
     lines = ["# Experiment: test-set results per labelled fraction", "",
              f"- SIZE={size} (planner {budget.planner}); test fraction {test_fraction:g}; seeds {list(seeds)}"
              + (f"; preset: {preset.description}" if preset else ""),
-             f"- budgets: fullres {length(budget.epochs)}; control and MoE {length(budget.finetune_epochs)} more, "
-             f"from the fullres weights",
+             f"- budgets: fullres {length(budget.epochs)}; "
+             f"{', '.join(m.name for m in methods if m.finetunes) or 'no other method'} "
+             f"{length(budget.finetune_epochs)} more each, from the fullres weights",
              "- methods: " + "; ".join(f"{m.name} ({m.description})" for m in methods),
              "- confidence intervals: 95% bootstrap over the test cases with a lesion, pooled over seeds "
              "(each seed has its own test set); paired differences on the same (seed, case)", ""]
@@ -323,7 +326,8 @@ def parse_arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--labeled-fractions", type=float, nargs="+", default=[0.1, 0.25, 0.5])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--test-fraction", type=float, default=0.2)
-    parser.add_argument("--methods", nargs="+", default=["fullres", "control", "moe"], help=", ".join(METHODS))
+    parser.add_argument("--methods", nargs="+", default=["fullres", "control", "selftrain", "meanteacher", "moe"],
+                        help=", ".join(METHODS))
     parser.add_argument("--size", choices=sorted(SIZES), default="gpu")
     parser.add_argument("--gpus", nargs="*", default=[], help="GPU ids: runs in parallel, one per GPU")
     for option in ("epochs", "finetune-epochs", "iterations", "val-iterations", "warmup-epochs", "rampup-epochs"):

@@ -2,6 +2,7 @@
 folder, in the test CTs' geometry; a second run segments nothing again."""
 import json
 
+import pytest
 import SimpleITK as sitk
 
 from covidseg.core.workspace import ENSEMBLE, TEST_PREDICTIONS
@@ -62,3 +63,13 @@ def test_a_task_without_a_test_set_names_the_conversion_setting(workflow, tmp_pa
     env = dict(workflow.env, nnUNet_raw_data_base=str(tmp_path / "raw"))
     result = run_command("evaluate", *workflow.workflow_args(), env=env, expect_ok=False)
     assert result.returncode == 1 and "has no held-out test set" in result.stderr and "TEST_FRACTION" in result.stderr
+
+
+def test_extra_models_are_name_equals_trainer_and_cannot_shadow_the_standard_ones():
+    from covidseg.core.errors import WorkflowError
+    from covidseg.evaluate import extra_models
+    assert extra_models(["selftrain=nnUNetTrainerV2_selftrain", "mt=nnUNetTrainerV2_meanteacher"]) == {
+        "selftrain": "nnUNetTrainerV2_selftrain", "mt": "nnUNetTrainerV2_meanteacher"}
+    for bad in ("selftrain", "=nnUNetTrainerV2", "moe=nnUNetTrainerV2_selftrain", "ensemble=x"):
+        with pytest.raises(WorkflowError, match="expected NAME=TRAINER"):
+            extra_models([bad])

@@ -29,7 +29,14 @@ METHODS: Dict[str, Method] = {m.name: m for m in (
     Method("moe", "mixture of experts, labelled + unlabelled cases (weak-to-strong consistency), from the 3d_fullres "
            "weights", "nnUNetTrainerV2_moe", ("weights", "semi"), requires=("fullres",), finetunes=True,
            environment={"CONSISTENCY": "weak_strong"}),
-    Method("moe_cps", "the same mixture with cross pseudo-supervision between the experts on one view (CONSISTENCY=cps)",
+    Method("selftrain", "nnU-Net self-training: the baseline pseudo-labels the unlabelled pool, the student trains on "
+           "labelled + confident pseudo-labelled cases, then fine-tunes on the labelled ones (MoE's budget)",
+           "nnUNetTrainerV2_selftrain", ("selftrain",), requires=("fullres",), finetunes=True),
+    Method("meanteacher", "3d_fullres with an EMA teacher's weak-to-strong consistency on the unlabelled cases (the "
+           "MoE's loss without experts, MoE's budget)", "nnUNetTrainerV2_meanteacher", ("meanteacher",),
+           requires=("fullres",), finetunes=True),
+    Method("moe_cps", "the same mixture with cross pseudo-supervision between the experts on one view "
+           "(CONSISTENCY=cps)",
            "nnUNetTrainerV2_moe", ("weights", "semi"), requires=("fullres",), finetunes=True,
            environment={"CONSISTENCY": "cps"}),
 )}

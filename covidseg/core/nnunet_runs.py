@@ -11,7 +11,7 @@ from typing import Dict, List
 import numpy as np
 
 from covidseg.core.errors import WorkflowError, translate_errors
-from covidseg.core.workspace import model_dir, run
+from covidseg.core.workspace import load_plans, model_dir, run, task_name, trained_model_dir
 from covidseg.evaluation.metrics import CaseFileError, dice_per_case
 
 
@@ -39,6 +39,18 @@ def train_or_resume(configuration: str, task_id: int, task: str, trainer: str, p
     else:
         run(command + list(first_start_args))
     return folder
+
+
+def continue_from_baseline(args, trainer: str) -> Path:
+    """Train (or resume, or skip) a 3d_fullres `trainer` that starts from the baseline's final checkpoint
+    (-pretrained_weights), as the control, the self-training and the mean teacher do; returns its fold folder.
+    `args`: the model arguments (covidseg.core.workspace.add_model_arguments), --force and --no-validation."""
+    task = task_name(args.task)
+    load_plans(task, args.plans)  # names 'make preprocess' when missing
+    baseline = trained_model_dir("3d_fullres", task, args.trainer, args.plans, args.fold, "make baseline")
+    return train_or_resume("3d_fullres", args.task, task, trainer, args.plans, args.fold, args.force,
+                           first_start_args=["-pretrained_weights", str(baseline / "model_final_checkpoint.model")],
+                           validate=not args.no_validation)
 
 
 def nnunet_predict(images: Path, output: Path, task_id: int, configuration: str, trainer: str, plans: str, fold,

@@ -46,10 +46,8 @@ from torch.cuda.amp import autocast
 
 from nnunet.network_architecture.generic_UNet_MoE import MoEOutput
 from nnunet.network_architecture.unet_factory import generic_unet_moe
-from nnunet.preprocessing.unlabeled_preprocessing import unlabeled_stage_folder
-from nnunet.training.data_augmentation.default_data_augmentation import get_moreDA_augmentation
 from nnunet.training.data_augmentation.strong_perturbations import bottleneck_dropout, strong_view
-from nnunet.training.dataloading.dataset_loading import DataLoader3D, DataLoader2D, load_dataset, unpack_dataset
+from nnunet.training.dataloading.unlabeled_loader import unlabeled_generator
 from nnunet.training.learning_rate.finetune_lr import finetune_learning_rate
 from nnunet.training.loss_functions.consistency import (ConsistencySettings, PseudoLabels, confident_fraction,
                                                         disagreement, pseudo_labels, weak_to_strong_loss)
@@ -163,30 +161,7 @@ class nnUNetTrainerV2_moe(nnUNetTrainerV2):
         super().initialize(training, force_load_plans)
         self._maybe_init_amp()  # fp16 is settled now (off without CUDA), not only once run_training starts
         if training:
-            self.unlabeled_gen = self.get_unlabeled_generator()
-
-    def get_unlabeled_generator(self):
-        folder = unlabeled_stage_folder(self.dataset_directory, self.plans['data_identifier'], self.stage)
-        if not os.path.isdir(folder) or not any(f.endswith(".npz") for f in os.listdir(folder)):
-            raise RuntimeError(
-                f"The unlabelled pool is empty: no preprocessed unlabelled cases in {folder}. "
-                f"nnUNetTrainerV2_moe needs unlabelled scans: convert with a labelled fraction below 1 "
-                f"(make convert LABELED_FRACTION=0.5) or add scans (make convert EXTRA_UNLABELED=<folder of CTs>), "
-                f"then run make preprocess FORCE=1.")
-        dataset = load_dataset(folder)
-        if self.unpack_data:
-            unpack_dataset(folder)
-        loader_class = DataLoader3D if self.threeD else DataLoader2D
-        extra = {"has_prev_stage": False} if self.threeD else {}
-        loader = loader_class(dataset, self.basic_generator_patch_size, self.patch_size, self.batch_size,
-                              oversample_foreground_percent=0.0, pad_mode="constant", pad_sides=self.pad_all_sides,
-                              memmap_mode='r', **extra)
-        self.print_to_log_file(f"unlabelled pool: {len(dataset)} cases from {folder}")
-        # the second (validation) generator is never started: batchgenerators starts workers on first use
-        generator, _ = get_moreDA_augmentation(loader, loader, self.data_aug_params['patch_size_for_spatialtransform'],
-                                               self.data_aug_params, deep_supervision_scales=self.deep_supervision_scales,
-                                               pin_memory=self.pin_memory)
-        return generator
+            self.unlabeled_gen = unlabeled_generator(self)
 
     # ------------------------------------------------------------------ one iteration
     def consistency_lambda(self) -> float:

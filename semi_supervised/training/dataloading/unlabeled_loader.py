@@ -1,0 +1,42 @@
+"""The stream of unlabelled batches the semi-supervised trainers draw from (nnUNetTrainerV2_moe, _meanteacher).
+
+Same patch size, batch size and augmentation (nnU-Net's moreDA) as the trainer's labelled batches, from the task's
+preprocessed unlabelled pool (`make preprocess`, nnunet/preprocessing/unlabeled_preprocessing.py); no foreground
+oversampling, since nothing is known about where the lesions of an unlabelled case are.
+"""
+import os
+
+from nnunet.preprocessing.unlabeled_preprocessing import unlabeled_stage_folder
+from nnunet.training.data_augmentation.default_data_augmentation import get_moreDA_augmentation
+from nnunet.training.dataloading.dataset_loading import DataLoader2D, DataLoader3D, load_dataset, unpack_dataset
+
+
+def unlabeled_cases_folder(trainer) -> str:
+    return unlabeled_stage_folder(trainer.dataset_directory, trainer.plans['data_identifier'], trainer.stage)
+
+
+def unlabeled_generator(trainer):
+    """An initialised nnUNetTrainerV2's generator of augmented unlabelled batches; a clear error when the pool is
+    empty."""
+    folder = unlabeled_cases_folder(trainer)
+    if not os.path.isdir(folder) or not any(f.endswith(".npz") for f in os.listdir(folder)):
+        raise RuntimeError(
+            f"The unlabelled pool is empty: no preprocessed unlabelled cases in {folder}. "
+            f"{type(trainer).__name__} needs unlabelled scans: convert with a labelled fraction below 1 "
+            f"(make convert LABELED_FRACTION=0.5) or add scans (make convert EXTRA_UNLABELED=<folder of CTs>), "
+            f"then run make preprocess FORCE=1.")
+    dataset = load_dataset(folder)
+    if trainer.unpack_data:
+        unpack_dataset(folder)
+    loader_class = DataLoader3D if trainer.threeD else DataLoader2D
+    extra = {"has_prev_stage": False} if trainer.threeD else {}
+    loader = loader_class(dataset, trainer.basic_generator_patch_size, trainer.patch_size, trainer.batch_size,
+                          oversample_foreground_percent=0.0, pad_mode="constant", pad_sides=trainer.pad_all_sides,
+                          memmap_mode='r', **extra)
+    trainer.print_to_log_file(f"unlabelled pool: {len(dataset)} cases from {folder}")
+    # the second (validation) generator is never started: batchgenerators starts workers on first use
+    generator, _ = get_moreDA_augmentation(loader, loader, trainer.data_aug_params['patch_size_for_spatialtransform'],
+                                           trainer.data_aug_params,
+                                           deep_supervision_scales=trainer.deep_supervision_scales,
+                                           pin_memory=trainer.pin_memory)
+    return generator

@@ -1,0 +1,170 @@
+"""nnUNetTrainerV2_meanteacher: nnU-Net's own network with a mean teacher on the unlabelled scans.
+
+The question it answers beside the mixture of experts: is it the experts, or just the unlabelled scans? So it
+is the MoE's training with the experts taken out. It continues the 3d_fullres baseline (`-pretrained_weights`,
+initial learning rate FINETUNE_LR, the same budget as the MoE and its control); the teacher is an exponential
+moving average of the student (decay MT_EMA_DECAY, default 0.99), updated after every optimiser step. Each
+iteration draws the same labelled and unlabelled batches as the MoE, and the loss is
+
+    supervised + lambda(epoch) * consistency
+
+with nnU-Net's Dice+CE (deep supervision) as the supervised term and the MoE's weak-to-strong consistency with
+the teacher as the source of pseudo-labels: the teacher's softmax on the weak view gives pseudo-labels and
+confidences, and the student is trained on the strong view (the same perturbations, CutMix and bottleneck
+dropout, nnunet/training/data_augmentation/strong_perturbations.py) towards the confident ones
+(nnunet/training/loss_functions/consistency.py). CONFIDENCE_THRESHOLD, PERTURBATION, MOE_LAMBDA_MAX,
+MOE_WARMUP_EPOCHS and MOE_RAMPUP_EPOCHS are shared with the MoE; CONSISTENCY is the MoE's choice and is not
+read here (the mean teacher is always weak-to-strong).
+
+The student is the model nnU-Net saves, validates and predicts with; the teacher's weights are saved beside
+each checkpoint (`<checkpoint>.teacher`) so that `-c` resumes it (without that file it restarts as a copy of
+the student).
+"""
+import os
+from typing import List, NamedTuple, Optional
+
+import numpy as np
+import torch
+from torch.cuda.amp import autocast
+
+from nnunet.training.data_augmentation.strong_perturbations import bottleneck_dropout, strong_view
+from nnunet.training.dataloading.unlabeled_loader import unlabeled_generator
+from nnunet.training.learning_rate.finetune_lr import finetune_learning_rate
+from nnunet.training.loss_functions.consistency import (ConsistencySettings, PseudoLabels, confident_fraction,
+                                                        pseudo_labels, thresholded_cross_entropy)
+from nnunet.training.loss_functions.moe_losses import consistency_weight
+from nnunet.training.network_training.nnUNetTrainerV2 import nnUNetTrainerV2
+from nnunet.utilities.ema import ema_copy, ema_update
+from nnunet.utilities.to_torch import maybe_to_torch, to_cuda
+
+EMA_DECAY_ENVIRONMENT = "MT_EMA_DECAY"
+DEFAULT_EMA_DECAY = 0.99
+
+
+def ema_decay_from_environment() -> float:
+    raw = os.environ.get(EMA_DECAY_ENVIRONMENT, "")
+    try:
+        decay = float(raw) if raw else DEFAULT_EMA_DECAY
+    except ValueError:
+        raise ValueError(f"{EMA_DECAY_ENVIRONMENT}={raw!r} is not a number")
+    if not 0 <= decay < 1:
+        raise ValueError(f"{EMA_DECAY_ENVIRONMENT}={decay}: expected a decay in [0, 1)")
+    return decay
+
+
+def full_resolution(output) -> torch.Tensor:
+    """The full-resolution logits of a Generic_UNet's output (a tuple with deep supervision)."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+class MeanTeacherTerm(NamedTuple):
+    consistency: torch.Tensor
+    confident_fraction: float
+
+
+def mean_teacher_term(student, teacher, weak: torch.Tensor, settings: ConsistencySettings) -> MeanTeacherTerm:
+    """The teacher's confident pseudo-labels on the weak view train the student on the strong view."""
+    with torch.no_grad():
+        target = pseudo_labels(full_resolution(teacher(weak)))
+    strong, mix = strong_view(weak, settings.perturbation)
+    with bottleneck_dropout(student, settings.perturbation.feature_dropout):
+        student_logits = full_resolution(student(strong))
+    mixed = PseudoLabels(mix.apply(target.labels), mix.apply(target.confidence))
+    return MeanTeacherTerm(thresholded_cross_entropy(student_logits, mixed, settings.threshold),
+                           confident_fraction([target], settings.threshold))
+
+
+class nnUNetTrainerV2_meanteacher(nnUNetTrainerV2):
+    def __init__(self, plans_file, fold, output_folder=None, dataset_directory=None, batch_dice=True, stage=None,
+                 unpack_data=True, deterministic=True, fp16=False, consistency_settings: Optional[dict] = None,
+                 ema_decay: Optional[float] = None):
+        super().__init__(plans_file, fold, output_folder, dataset_directory, batch_dice, stage, unpack_data,
+                         deterministic, fp16)
+        self.initial_lr = finetune_learning_rate()  # it continues the baseline, like the MoE and the control
+        self.consistency = (ConsistencySettings.from_dict(consistency_settings) if consistency_settings is not None
+                            else ConsistencySettings.from_environment())
+        self.ema_decay = ema_decay if ema_decay is not None else ema_decay_from_environment()
+        self.init_args = self.init_args + (self.consistency.as_dict(), self.ema_decay)
+        self.teacher: Optional[torch.nn.Module] = None
+        self.unlabeled_gen = None
+        self._epoch_stats: List[dict] = []
+
+    def initialize(self, training=True, force_load_plans=False):
+        super().initialize(training, force_load_plans)
+        self._maybe_init_amp()
+        if training:
+            self.unlabeled_gen = unlabeled_generator(self)
+
+    def ensure_teacher(self) -> None:
+        """The teacher starts as the student once its weights are final (after -pretrained_weights or -c)."""
+        if self.teacher is None:
+            self.teacher = ema_copy(self.network)
+
+    def run_training(self):
+        self.ensure_teacher()
+        return super().run_training()
+
+    def consistency_lambda(self) -> float:
+        c = self.consistency
+        return consistency_weight(self.epoch, c.lambda_max, c.warmup_epochs, c.rampup_epochs)
+
+    def run_iteration(self, data_generator, do_backprop=True, run_online_evaluation=False):
+        data_dict = next(data_generator)
+        data, target = maybe_to_torch(data_dict['data']), maybe_to_torch(data_dict['target'])
+        consistency_lambda = self.consistency_lambda() if do_backprop else 0.0
+        unlabeled = maybe_to_torch(next(self.unlabeled_gen)['data']) if consistency_lambda > 0 else None
+        if torch.cuda.is_available():
+            data, target = to_cuda(data), to_cuda(target)
+            unlabeled = to_cuda(unlabeled) if unlabeled is not None else None
+        if unlabeled is not None:
+            self.ensure_teacher()
+
+        self.optimizer.zero_grad()
+        with autocast(enabled=self.fp16):
+            output = self.network(data)
+            supervised = self.loss(output, target)
+            term = mean_teacher_term(self.network, self.teacher, unlabeled, self.consistency) \
+                if unlabeled is not None else None
+            total = supervised + consistency_lambda * term.consistency if term else supervised
+        if do_backprop and self.fp16:
+            self.amp_grad_scaler.scale(total).backward()
+            self.amp_grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.amp_grad_scaler.step(self.optimizer)
+            self.amp_grad_scaler.update()
+        elif do_backprop:
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.optimizer.step()
+        if do_backprop:
+            self.ensure_teacher()
+            ema_update(self.teacher, self.network, self.ema_decay)
+            self._epoch_stats.append({"consistency": term.consistency.item() if term else None,
+                                      "confident_fraction": term.confident_fraction if term else None,
+                                      "lambda": consistency_lambda})
+        if run_online_evaluation:
+            self.run_online_evaluation(output, target)
+        return total.detach().cpu().numpy()
+
+    def on_epoch_end(self):
+        if self._epoch_stats:
+            mean = {k: np.mean([s[k] for s in self._epoch_stats if s[k] is not None] or [np.nan])
+                    for k in ("consistency", "confident_fraction", "lambda")}
+            self.print_to_log_file("mean teacher: consistency %.4f, lambda %.4f, confident_fraction %.4f" %
+                                   (mean["consistency"], mean["lambda"], mean["confident_fraction"]))
+            self._epoch_stats = []
+        return super().on_epoch_end()
+
+    # ------------------------------------------------------------------ the teacher beside each checkpoint
+    def save_checkpoint(self, fname, save_optimizer=True):
+        super().save_checkpoint(fname, save_optimizer)
+        if self.teacher is not None:
+            tmp = fname + ".teacher.tmp"
+            torch.save(self.teacher.state_dict(), tmp)
+            os.replace(tmp, fname + ".teacher")
+
+    def load_checkpoint(self, fname, train=True):
+        super().load_checkpoint(fname, train)
+        if train and os.path.isfile(fname + ".teacher"):
+            self.teacher = ema_copy(self.network)
+            self.teacher.load_state_dict(torch.load(fname + ".teacher", map_location="cpu", weights_only=True))
