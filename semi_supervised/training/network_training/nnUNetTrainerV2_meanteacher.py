@@ -34,8 +34,8 @@ from nnunet.training.loss_functions.consistency import (ConsistencySettings, Pse
                                                         pseudo_labels, thresholded_cross_entropy)
 from nnunet.training.loss_functions.moe_losses import consistency_weight
 from nnunet.training.network_training.nnUNetTrainerV2 import nnUNetTrainerV2
+from nnunet.training.network_training.semi_supervised_steps import next_batches, optimizer_step
 from nnunet.utilities.ema import ema_copy, ema_update
-from nnunet.utilities.to_torch import maybe_to_torch, to_cuda
 
 EMA_DECAY_ENVIRONMENT = "MT_EMA_DECAY"
 DEFAULT_EMA_DECAY = 0.99
@@ -109,13 +109,8 @@ class nnUNetTrainerV2_meanteacher(nnUNetTrainerV2):
         return consistency_weight(self.epoch, c.lambda_max, c.warmup_epochs, c.rampup_epochs)
 
     def run_iteration(self, data_generator, do_backprop=True, run_online_evaluation=False):
-        data_dict = next(data_generator)
-        data, target = maybe_to_torch(data_dict['data']), maybe_to_torch(data_dict['target'])
         consistency_lambda = self.consistency_lambda() if do_backprop else 0.0
-        unlabeled = maybe_to_torch(next(self.unlabeled_gen)['data']) if consistency_lambda > 0 else None
-        if torch.cuda.is_available():
-            data, target = to_cuda(data), to_cuda(target)
-            unlabeled = to_cuda(unlabeled) if unlabeled is not None else None
+        data, target, unlabeled = next_batches(self, data_generator, with_unlabeled=consistency_lambda > 0)
         if unlabeled is not None:
             self.ensure_teacher()
 
@@ -126,17 +121,8 @@ class nnUNetTrainerV2_meanteacher(nnUNetTrainerV2):
             term = mean_teacher_term(self.network, self.teacher, unlabeled, self.consistency) \
                 if unlabeled is not None else None
             total = supervised + consistency_lambda * term.consistency if term else supervised
-        if do_backprop and self.fp16:
-            self.amp_grad_scaler.scale(total).backward()
-            self.amp_grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.amp_grad_scaler.step(self.optimizer)
-            self.amp_grad_scaler.update()
-        elif do_backprop:
-            total.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.optimizer.step()
         if do_backprop:
+            optimizer_step(self, total)
             self.ensure_teacher()
             ema_update(self.teacher, self.network, self.ema_decay)
             self._epoch_stats.append({"consistency": term.consistency.item() if term else None,

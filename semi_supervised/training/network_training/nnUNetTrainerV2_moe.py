@@ -54,9 +54,9 @@ from nnunet.training.loss_functions.consistency import (ConsistencySettings, Pse
 from nnunet.training.loss_functions.moe_losses import (consistency_weight, expert_usage, gate_entropy,
                                                        load_balancing_loss, pairwise_consistency_loss)
 from nnunet.training.network_training.nnUNetTrainerV2 import nnUNetTrainerV2
+from nnunet.training.network_training.semi_supervised_steps import next_batches, optimizer_step
 from nnunet.utilities.moe_progress import plot_moe_progress
 from nnunet.utilities.nd_softmax import softmax_helper
-from nnunet.utilities.to_torch import maybe_to_torch, to_cuda
 
 
 @dataclass
@@ -188,13 +188,8 @@ class nnUNetTrainerV2_moe(nnUNetTrainerV2):
         return (norm(losses.weighted_consistency) / norm(losses.supervised).clamp_min(1e-12)).item()
 
     def run_iteration(self, data_generator, do_backprop=True, run_online_evaluation=False):
-        data_dict = next(data_generator)
-        data, target = maybe_to_torch(data_dict['data']), maybe_to_torch(data_dict['target'])
         consistency_lambda = self.consistency_lambda() if do_backprop else 0.0
-        unlabeled = maybe_to_torch(next(self.unlabeled_gen)['data']) if consistency_lambda > 0 else None
-        if torch.cuda.is_available():
-            data, target = to_cuda(data), to_cuda(target)
-            unlabeled = to_cuda(unlabeled) if unlabeled is not None else None
+        data, target, unlabeled = next_batches(self, data_generator, with_unlabeled=consistency_lambda > 0)
 
         self.optimizer.zero_grad()
         with autocast(enabled=self.fp16):
@@ -211,16 +206,8 @@ class nnUNetTrainerV2_moe(nnUNetTrainerV2):
             started = time.time()
             self._grad_share = {"consistency_grad_share": self.consistency_gradient_share(losses),
                                 "grad_share_seconds": time.time() - started}
-        if do_backprop and self.fp16:
-            self.amp_grad_scaler.scale(losses.total).backward()
-            self.amp_grad_scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.amp_grad_scaler.step(self.optimizer)
-            self.amp_grad_scaler.update()
-        elif do_backprop:
-            losses.total.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
-            self.optimizer.step()
+        if do_backprop:
+            optimizer_step(self, losses.total)
 
         if run_online_evaluation:
             self.run_online_evaluation(output.combined, target)

@@ -177,7 +177,8 @@ class nnUNetTrainerV2_selftrain(nnUNetTrainerV2_finetune):
         with open(entry["properties_file"], "rb") as f:
             properties = pickle.load(f)
         seg, softmax = self.predict_preprocessed_data_return_seg_and_softmax(
-            data, do_mirroring=False, mirror_axes=self.data_aug_params['mirror_axes'], use_sliding_window=True, step_size=0.5, use_gaussian=True, all_in_gpu=False,
+            data, do_mirroring=False, mirror_axes=self.data_aug_params['mirror_axes'],
+            use_sliding_window=True, step_size=0.5, use_gaussian=True, all_in_gpu=False,
             verbose=False, mixed_precision=self.fp16)
         confidence = case_confidence(softmax)
         kept = confidence >= self.threshold
