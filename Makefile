@@ -53,6 +53,8 @@ TRAINER ?= nnUNetTrainerV2
 EPOCHS ?=
 ITERS ?=
 VAL_ITERS ?=
+# epochs between model_latest checkpoints, which a re-run after a kill resumes from; empty: 5 (patch 0007)
+SAVE_EVERY ?=
 # fine-tuning from the baseline: the MoE (make semi) and its same-budget control (make control); empty: 1e-2
 FINETUNE_LR ?=
 CONTROL_TRAINER ?= nnUNetTrainerV2_finetune
@@ -104,6 +106,7 @@ NPROC_DA ?=
 export nnUNet_max_num_epochs := $(EPOCHS)
 export nnUNet_num_batches_per_epoch := $(ITERS)
 export nnUNet_num_val_batches_per_epoch := $(VAL_ITERS)
+export nnUNet_save_every := $(SAVE_EVERY)
 # tqdm progress bar over each epoch's iterations (nnU-Net's own switch)
 export nnunet_use_progress_bar ?= 1
 ifneq ($(strip $(NPROC_DA)),)
@@ -154,9 +157,10 @@ help:
 ##   convert     DATA=<COVID-19-20 download> [TASK=200 TASK_NAME LABELED_FRACTION=0.5 TEST_FRACTION=0 SEED=0
 ##               EXTRA_UNLABELED= LABELED_SITE= LABELED_SITE_SHARE=0.8 FORCE=]
 ##   preprocess  nnUNet_plan_and_preprocess [TASK PLANNER3D TL=8 TF=8 FORCE=]
-##   baseline    3d_fullres + 3d_lowres (--npz), nnUNet_ensemble, Dice table [FOLD=4 TRAINER PLANS EPOCHS ITERS VAL_ITERS NPROC_DA]
+##   baseline    3d_fullres + 3d_lowres (--npz), nnUNet_ensemble, Dice table [FOLD=4 TRAINER PLANS EPOCHS ITERS VAL_ITERS
+##               SAVE_EVERY=5 NPROC_DA]; re-run after a kill: resumes from the last checkpoint
 ##   control     the MoE's same-budget control: nnUNetTrainerV2_finetune continues the 3d_fullres baseline on the
-##               labelled cases [CONTROL_TRAINER FINETUNE_LR EPOCHS ITERS VAL_ITERS FORCE=]
+##               labelled cases [CONTROL_TRAINER FINETUNE_LR EPOCHS ITERS VAL_ITERS SAVE_EVERY FORCE=]
 ##   selftrain   nnU-Net self-training from the baseline on the MoE's budget: pseudo-labels of the unlabelled pool,
 ##               student on labelled + confident ones, then fine-tuned on the labelled [SELFTRAIN_ROUNDS=1
 ##               SELFTRAIN_THRESHOLD=0.8 FINETUNE_LR EPOCHS ITERS VAL_ITERS FORCE=]
@@ -165,7 +169,7 @@ help:
 ##   weights     baseline 3d_fullres checkpoint -> MoE initialisation [FOLD TRANSFER_NOISE=0.001 EXPERTS=3 TOP_K=2 FORCE=]
 ##   semi        train nnUNetTrainerV2_moe from it, validate, Dice vs baseline [EXPERTS TOP_K CONSISTENCY=weak_strong|cps
 ##               CONFIDENCE_THRESHOLD PERTURBATION LAMBDA_MAX WARMUP_EPOCHS RAMPUP_EPOCHS BALANCE_ALPHA FINETUNE_LR
-##               EPOCHS ITERS VAL_ITERS FORCE=]
+##               EPOCHS ITERS VAL_ITERS SAVE_EVERY FORCE=]
 ##   evaluate    every trained model segments the held-out test set (imagesTs/) into its folder; resumable
 ##               [FOLD TTA=1]
 ##   predict     INPUT=<dir|file> OUTPUT=<dir> [MODEL=moe|fullres|lowres|ensemble FOLD INFERENCE_TOP_K TTA=1 FORCE=]

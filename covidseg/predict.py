@@ -1,9 +1,10 @@
 """`make predict`: segment new CTs with a trained model; outputs keep each input's geometry.
 
-INPUT is a folder of CT .nii.gz / .nii files or one file. Names need not follow nnU-Net's <case>_0000.nii.gz
-convention: the inputs are linked into a temporary folder under that name, and each segmentation is
-written as <case>.nii.gz, where <case> is the input's case id (covidseg.core.challenge.case_id: the name
-without .nii.gz / .nii, nnU-Net's _0000 and the challenge's _ct).
+INPUT is a folder of CT .nii.gz / .nii files or one file, every one read in full before anything runs
+(covidseg.data.ct_inputs: any other entry is refused by name, all problems listed, nothing written). Names
+need not follow nnU-Net's <case>_0000.nii.gz convention: the inputs are linked into a temporary folder under
+that name, and each segmentation is written as <case>.nii.gz, where <case> is the input's case id
+(covidseg.core.challenge.case_id: the name without .nii.gz / .nii, nnU-Net's _0000 and the challenge's _ct).
 
 MODEL: moe (nnUNetTrainerV2_moe, 3d_fullres), fullres, lowres (nnUNetTrainerV2), or ensemble
 (fullres + lowres, averaged softmax through nnUNet_ensemble). Existing segmentations in OUTPUT are not

@@ -270,7 +270,7 @@ def break_missing_file(d):
 def break_unreadable_file(d):
     name = first_case(d)
     (d / "Train" / f"{name}_ct.nii.gz").write_bytes(b"not a nifti")
-    return [name, "cannot read"]
+    return [name, "not gzip-compressed"]
 
 
 def break_geometry(d):
@@ -309,9 +309,40 @@ def break_2d_image(d):
     return [name, "not a 3D"]
 
 
+def truncate(path: Path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def break_truncated_ct(d):
+    """SimpleITK reads this without an error, the missing voxels as zeros."""
+    name = first_case(d)
+    truncate(d / "Train" / f"{name}_ct.nii.gz")
+    return [name, "incomplete or corrupt", "truncated"]
+
+
+def break_truncated_mask(d):
+    name = train_names(d)[1]
+    truncate(d / "Train" / f"{name}_seg.nii.gz", keep=0.9)
+    return [name, f"{name}_seg.nii.gz", "truncated"]
+
+
+def break_nan_voxels_in_a_validation_ct(d):
+    path = sorted((d / "Validation").glob("*_ct.nii.gz"))[0]
+    ct = sitk.ReadImage(str(path))
+    array = sitk.GetArrayFromImage(ct).astype(np.float32)
+    array[3, 10:12, 10] = np.nan
+    array[4, 0, 0] = np.inf
+    broken = sitk.GetImageFromArray(array)
+    broken.CopyInformation(ct)
+    sitk.WriteImage(broken, str(path))
+    return [path.name, "3 voxel(s) are NaN or infinite"]
+
+
 @pytest.mark.parametrize("breakage", [break_missing_workbook, break_missing_sheet, break_missing_column,
                                       break_missing_file, break_unreadable_file, break_geometry,
-                                      break_mask_values, break_duplicate, break_2d_image])
+                                      break_mask_values, break_duplicate, break_2d_image, break_truncated_ct,
+                                      break_truncated_mask, break_nan_voxels_in_a_validation_ct])
 def test_bad_input_is_refused_with_the_case_named_and_nothing_written(synthetic_download, tmp_path, capsys,
                                                                       breakage):
     download = editable_copy(synthetic_download, tmp_path)

@@ -110,3 +110,13 @@ def test_gradcam_errors_name_the_problem(moe_workflow, tmp_path):
     result = moe_workflow.command("gradcam", "--input", str(ct), "--output", str(blocker / "sub"),
                                  *moe_workflow.workflow_args(), expect_ok=False)
     assert result.returncode == 1 and "not writable" in result.stderr
+
+
+def test_gradcam_checks_every_input_before_mapping_any(moe_workflow, tmp_path):
+    from tests.test_semi_supervised_workflow import broken_inputs
+    inputs = broken_inputs(moe_workflow, tmp_path / "in")
+    result = moe_workflow.command("gradcam", "--input", str(inputs), "--output", str(tmp_path / "out"),
+                                 "--disable-tta", *moe_workflow.workflow_args(), expect_ok=False)
+    assert result.returncode == 1 and "2 problem(s)" in result.stderr and "Traceback" not in result.stderr
+    assert "cut.nii.gz" in result.stderr and "nan.nii.gz" in result.stderr and "good.nii.gz" not in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -106,3 +106,77 @@ def test_nnunet_train_can_skip_the_validation_inference():
     nnunet_train = shutil.which("nnUNet_train", path=str(Path(sys.executable).parent))
     result = subprocess.run([nnunet_train, "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "--disable_validation_inference" in result.stdout
+
+
+# ------------------------------------------------------------------ 0007 atomic checkpoints, nnUNet_save_every
+
+def checkpointing_trainer(tmp_path: Path, dim: int):
+    """An nnUNetTrainer with just what save_checkpoint needs: a tiny network, its optimizer, plans."""
+    from nnunet.training.network_training.nnUNetTrainer import nnUNetTrainer
+    trainer = nnUNetTrainer(str(tmp_path / "plans.pkl"), 0, output_folder=str(tmp_path), fp16=False)
+    trainer.network = tiny_cpu_unet(dim)
+    trainer.optimizer = torch.optim.SGD(trainer.network.parameters(), lr=0.01, momentum=0.99)
+    trainer.plans = {"dim": dim}
+    return trainer
+
+
+def crash_half_way(real_write):
+    """A writer that puts half of its bytes where the real one would, then fails as a full disk does."""
+    import io
+    import os
+
+    def write(obj, target, *args, **kwargs):
+        buffer = io.BytesIO()
+        real_write(obj, buffer, *args, **kwargs)
+        half = buffer.getvalue()[: len(buffer.getvalue()) // 2]
+        if isinstance(target, (str, os.PathLike)):
+            with open(target, "wb") as f:
+                f.write(half)
+        else:
+            target.write(half)
+        raise OSError(28, "No space left on device")
+    return write
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+@pytest.mark.parametrize("crashing", ["model", "pkl"])
+def test_a_crash_while_saving_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch, dim, crashing):
+    import pickle
+    trainer = checkpointing_trainer(tmp_path, dim)
+    fname = str(tmp_path / "model_latest.model")
+    trainer.epoch = 3
+    trainer.save_checkpoint(fname)
+    before = {k: v.clone() for k, v in trainer.network.state_dict().items()}
+    with torch.no_grad():
+        for p in trainer.network.parameters():
+            p.add_(1.0)
+    trainer.epoch = 4
+    if crashing == "model":
+        monkeypatch.setattr(torch, "save", crash_half_way(torch.save))
+    else:
+        monkeypatch.setattr(pickle, "dump", crash_half_way(pickle.dump))
+    with pytest.raises(OSError, match="No space left"):
+        trainer.save_checkpoint(fname)
+    monkeypatch.undo()
+
+    saved = torch.load(fname, map_location="cpu", weights_only=False)  # loads: never half-written
+    if crashing == "model":  # the previous pair, untouched
+        assert saved["epoch"] == 4
+        assert all(torch.equal(saved["state_dict"][k], v) for k, v in before.items())
+    else:  # the new .model is complete; the .pkl (plans and init args, the same every epoch) is the previous one
+        assert saved["epoch"] == 5
+    with open(fname + ".pkl", "rb") as f:
+        assert pickle.load(f)["plans"] == {"dim": dim}
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_checkpoints_are_saved_every_5_epochs_or_as_nnunet_save_every_says(monkeypatch):
+    from nnunet.run.run_training import apply_training_length_from_environment
+    assert NetworkTrainer(deterministic=False, fp16=False).save_every == 5
+    trainer = NetworkTrainer(deterministic=False, fp16=False)
+    monkeypatch.setenv("nnUNet_save_every", "1")
+    apply_training_length_from_environment(trainer)
+    assert trainer.save_every == 1
+    monkeypatch.setenv("nnUNet_save_every", "0")
+    with pytest.raises(ValueError, match="nnUNet_save_every must be a positive integer"):
+        apply_training_length_from_environment(trainer)

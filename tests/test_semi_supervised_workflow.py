@@ -2,6 +2,7 @@
 tiny trained baseline."""
 import subprocess
 
+import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -9,6 +10,7 @@ import torch
 
 from covidseg.core.challenge import case_id
 from tests.helpers import FOLD, MOE_TRAINER, PLANS, TASK, run_command
+from tests.test_image_checks import truncate
 
 
 def geometry(path):
@@ -20,10 +22,10 @@ def test_weights_reports_the_copy_and_the_forced_expert_equality(moe_workflow):
     out = moe_workflow.outputs["weights"]
     copied, total = [int(w) for w in out.split("copied ")[1].split(" MoE tensors")[0].split(" of ")]
     assert copied == total - 2  # the gate's two linear layers stay fresh
-    lines = [l for l in out.splitlines() if l.startswith("gate forced to expert")]
+    lines = [line for line in out.splitlines() if line.startswith("gate forced to expert")]
     assert len(lines) == 3
     assert float(lines[0].split("= ")[1]) == 0.0
-    assert all(float(l.split("= ")[1]) < 0.05 for l in lines)
+    assert all(float(line.split("= ")[1]) < 0.05 for line in lines)
 
 
 def test_weights_again_keeps_the_existing_file(moe_workflow):
@@ -106,3 +108,27 @@ def test_missing_prerequisites_name_the_target_to_run(workflow, tmp_path):
     assert result.returncode == 1 and "run 'make baseline' first" in result.stderr
     result = workflow.command("semi", "--task", str(TASK), "--fold", "0", "--plans", PLANS, expect_ok=False)
     assert result.returncode == 1 and "run 'make weights' first" in result.stderr
+
+
+def broken_inputs(workflow, folder):
+    """A good CT, a truncated copy and a copy with NaN voxels, in `folder`."""
+    folder.mkdir()
+    ct = sorted((workflow.root / "download" / "Validation").glob("*_ct.nii.gz"))[0]
+    (folder / "good.nii.gz").write_bytes(ct.read_bytes())
+    truncate(folder / "good.nii.gz").rename(folder / "cut.nii.gz")
+    (folder / "good.nii.gz").write_bytes(ct.read_bytes())
+    image = sitk.ReadImage(str(ct))
+    voxels = sitk.GetArrayFromImage(image).astype(np.float32)
+    voxels[0, 0, 0] = np.nan
+    nib.save(nib.Nifti1Image(voxels.T, np.diag(list(image.GetSpacing()) + [1.0])), str(folder / "nan.nii.gz"))
+    return folder
+
+
+def test_make_predict_checks_every_input_before_segmenting_any(moe_workflow, tmp_path):
+    inputs = broken_inputs(moe_workflow, tmp_path / "in")
+    result = moe_workflow.command("predict", "--input", str(inputs), "--output", str(tmp_path / "out"),
+                                 "--disable-tta", *moe_workflow.workflow_args(), expect_ok=False)
+    assert result.returncode == 1 and "2 problem(s)" in result.stderr and "Traceback" not in result.stderr
+    assert "cut.nii.gz: the compressed stream is incomplete" in result.stderr
+    assert "nan.nii.gz: 1 voxel(s) are NaN or infinite" in result.stderr
+    assert not (tmp_path / "out").exists()

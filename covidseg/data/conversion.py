@@ -20,7 +20,9 @@ then --labeled-site S draws the labelled cases mostly from site S (a share --lab
 test set and the unlabelled pool span all sites: a hospital that labels its own scans and has unlabelled ones
 from elsewhere.
 
-Everything is checked before anything is written; every problem is reported with its case. The task
+Everything is checked before anything is written; every problem is reported with its case. Every CT and mask
+is read in full, in parallel (covidseg.data.image_checks: complete gzip stream, every voxel read, none NaN or
+infinite), because SimpleITK alone fills a truncated file with zeros without a word. The task
 is built in a temporary folder and renamed into place at the end, so an interrupted run leaves no
 half-made task. Images are copied byte for byte, so their geometry is exactly the download's.
 """
@@ -41,6 +43,7 @@ from covidseg.core.challenge import (SITES_FILE, FILENAME_COLUMN, LABELS, LESION
                                      TRAIN_SHEET, VALIDATION_FOLDER, VALIDATION_SHEET, WORKBOOK_NAME, case_id,
                                      ct_file, seg_file)
 from covidseg.core.errors import ProblemsError, WorkflowError
+from covidseg.data.image_checks import check_image, parallel_map
 
 GEOMETRY_TOLERANCE = 1e-4  # relative, for spacing, origin and direction
 
@@ -103,19 +106,10 @@ def find_duplicates(names: List[str]) -> List[str]:
 
 
 def read_image(path: Path, case: str, problems: List[str]) -> Optional[sitk.Image]:
-    if not path.is_file():
-        problems.append(f"{case}: file not found: {path}")
-        return None
-    try:
-        image = sitk.ReadImage(str(path))
-    except Exception as e:
-        problems.append(f"{case}: cannot read {path} ({str(e).strip().splitlines()[-1]})")
-        return None
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        problems.append(f"{case}: {path.name} is not a 3D single-channel image "
-                        f"(dimension {image.GetDimension()}, {image.GetNumberOfComponentsPerPixel()} components)")
-        return None
-    return image
+    """The image at `path` read in full (covidseg.data.image_checks), or None with its problems added."""
+    check = check_image(path, keep_image=True)
+    problems.extend(f"{case}: {path}: {problem}" for problem in check.problems)
+    return check.image
 
 
 def geometry_differences(a: sitk.Image, b: sitk.Image) -> List[str]:
@@ -130,11 +124,13 @@ def geometry_differences(a: sitk.Image, b: sitk.Image) -> List[str]:
     return differences
 
 
-def check_labeled_case(download: Download, name: str, problems: List[str]) -> None:
+def labeled_case_problems(download: Download, name: str) -> List[str]:
+    """Problems of a train case: both files complete and finite, same geometry, mask values 0/1."""
+    problems: List[str] = []
     ct = read_image(download.ct(name), name, problems)
     seg = read_image(download.seg(name), name, problems)
     if ct is None or seg is None:
-        return
+        return problems
     differences = geometry_differences(ct, seg)
     if differences:
         problems.append(f"{name}: CT and mask geometry differ: {'; '.join(differences)}")
@@ -144,6 +140,14 @@ def check_labeled_case(download: Download, name: str, problems: List[str]) -> No
     if unexpected:
         problems.append(f"{name}: mask has values {unexpected[:10]} outside {{{', '.join(map(str, allowed))}}} "
                         f"({download.seg(name)})")
+    return problems
+
+
+def image_problems(download: Download, name: str) -> List[str]:
+    """Problems of an image without a mask (validation, extra unlabelled)."""
+    problems: List[str] = []
+    read_image(download.ct(name), name, problems)
+    return problems
 
 
 def collect_extra_unlabeled(folder: Path, problems: List[str]) -> Dict[str, Path]:
@@ -179,10 +183,12 @@ def validate(root: Path, extra_unlabeled: Optional[Path], labeled_site: Optional
                         extra_unlabeled=extra, root=root)
     if labeled_site is not None:
         download.site_bias = read_site_bias(root, labeled_site, labeled_site_share, download.train, problems)
-    for name in tqdm(download.train, desc="checking train cases", unit="case", disable=None):
-        check_labeled_case(download, name, problems)
-    for name in tqdm(download.validation + list(extra), desc="checking images", unit="case", disable=None):
-        read_image(download.ct(name), name, problems)
+    for found in parallel_map(lambda name: labeled_case_problems(download, name), download.train,
+                              desc="checking train cases", unit="case"):
+        problems.extend(found)
+    for found in parallel_map(lambda name: image_problems(download, name), download.validation + list(extra),
+                              desc="checking images", unit="case"):
+        problems.extend(found)
     if problems:
         raise ConversionError(problems)
     return download

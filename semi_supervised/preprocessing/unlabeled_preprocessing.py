@@ -14,7 +14,6 @@ conversion never copied their masks in the first place).
 """
 import argparse
 import os
-import pickle
 from multiprocessing import Pool
 from pathlib import Path
 from typing import List
@@ -25,6 +24,7 @@ from tqdm import tqdm
 
 import nnunet
 from nnunet.training.model_restore import recursive_find_python_class
+from nnunet.utilities.atomic_files import replace_atomically, write_pickle_atomically
 
 UNLABELED_SUBFOLDER = "unlabeled"
 NO_LABEL = -1
@@ -52,11 +52,11 @@ def preprocess_case(preprocessor, classes: List[int], image: Path, output_folder
     no_label = np.full((1,) + data.shape[1:], NO_LABEL, dtype=np.float32)
     properties["class_locations"] = {c: [] for c in classes}
     properties["seg_file"] = None
-    tmp = os.path.join(output_folder, f".{case}.tmp.npz")
-    np.savez_compressed(tmp, data=np.vstack((data, no_label)).astype(np.float32))
-    os.replace(tmp, os.path.join(output_folder, f"{case}.npz"))
-    with open(os.path.join(output_folder, f"{case}.pkl"), "wb") as f:
-        pickle.dump(properties, f)
+    # both files atomically (patch 0007), the .pkl first: the pool is the set of .npz files, and each one found
+    # has its complete .pkl beside it whenever the run was killed
+    write_pickle_atomically(properties, os.path.join(output_folder, f"{case}.pkl"))
+    replace_atomically(os.path.join(output_folder, f"{case}.npz"),
+                       lambda f: np.savez_compressed(f, data=np.vstack((data, no_label)).astype(np.float32)))
     return case
 
 

@@ -35,6 +35,7 @@ from nnunet.training.loss_functions.consistency import (ConsistencySettings, Pse
 from nnunet.training.loss_functions.moe_losses import consistency_weight
 from nnunet.training.network_training.nnUNetTrainerV2 import nnUNetTrainerV2
 from nnunet.training.network_training.semi_supervised_steps import next_batches, optimizer_step
+from nnunet.utilities.atomic_files import torch_save_atomically
 from nnunet.utilities.ema import ema_copy, ema_update
 
 EMA_DECAY_ENVIRONMENT = "MT_EMA_DECAY"
@@ -145,9 +146,7 @@ class nnUNetTrainerV2_meanteacher(nnUNetTrainerV2):
     def save_checkpoint(self, fname, save_optimizer=True):
         super().save_checkpoint(fname, save_optimizer)
         if self.teacher is not None:
-            tmp = fname + ".teacher.tmp"
-            torch.save(self.teacher.state_dict(), tmp)
-            os.replace(tmp, fname + ".teacher")
+            torch_save_atomically(self.teacher.state_dict(), fname + ".teacher")
 
     def load_checkpoint(self, fname, train=True):
         super().load_checkpoint(fname, train)

@@ -31,6 +31,7 @@ from nnunet.training.data_augmentation.default_data_augmentation import get_more
 from nnunet.training.dataloading.dataset_loading import DataLoader2D, DataLoader3D, load_dataset
 from nnunet.training.dataloading.unlabeled_loader import unlabeled_cases_folder
 from nnunet.training.network_training.nnUNetTrainerV2_finetune import nnUNetTrainerV2_finetune
+from nnunet.utilities.atomic_files import replace_atomically, write_pickle_atomically
 
 ROUNDS_ENVIRONMENT, THRESHOLD_ENVIRONMENT = "SELFTRAIN_ROUNDS", "SELFTRAIN_THRESHOLD"
 DEFAULT_ROUNDS, DEFAULT_THRESHOLD = 1, 0.8
@@ -183,12 +184,11 @@ class nnUNetTrainerV2_selftrain(nnUNetTrainerV2_finetune):
         confidence = case_confidence(softmax)
         kept = confidence >= self.threshold
         if kept:
-            np.savez_compressed(os.path.join(folder, f"{case}.npz"),
-                                data=np.vstack((data, seg[None])).astype(np.float32))
             training_properties = dict(properties, seg_file=None,
                                        class_locations=class_locations(seg, list(range(1, self.num_classes))))
-            with open(os.path.join(folder, f"{case}.pkl"), "wb") as f:
-                pickle.dump(training_properties, f)
+            write_pickle_atomically(training_properties, os.path.join(folder, f"{case}.pkl"))
+            replace_atomically(os.path.join(folder, f"{case}.npz"),
+                               lambda f: np.savez_compressed(f, data=np.vstack((data, seg[None])).astype(np.float32)))
         export = softmax.transpose([0] + [i + 1 for i in self.transpose_backward])
         save_segmentation_nifti_from_softmax(export, os.path.join(folder, f"{case}.nii.gz"), properties, order=1,
                                              interpolation_order_z=0, verbose=False)
