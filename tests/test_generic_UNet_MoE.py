@@ -204,19 +204,107 @@ def test_last_routing_sums_pair_activations_per_sample(dim):
     assert not torch.allclose(summed, references[:, 0], atol=1e-4)  # both experts' activations count
 
 
-@pytest.mark.parametrize("indices, in_batch_order", [([[2, 0], [0, 1], [1, 2]], False), ([[1], [1], [1]], True),
-                                                     ([[0, 2]], False), ([[2], [0]], False)],
+@pytest.mark.parametrize("indices", [[[2, 0], [0, 1], [1, 2]], [[1], [1], [1]], [[0, 2]], [[2], [0]]],
                          ids=["k2", "k1-one-expert", "k2-one-sample", "k1-two-experts"])
-def test_routing_groups_pairs_by_expert_and_maps_them_back(indices, in_batch_order):
+def test_routing_puts_pairs_in_sample_order_and_maps_them_back(indices):
     indices = torch.tensor(indices)
     routing = Routing.of(indices)
-    assert routing.in_batch_order == in_batch_order
-    assert routing.experts == sorted(set(indices.flatten().tolist()))
-    pair_experts = torch.repeat_interleave(torch.tensor(routing.experts), torch.tensor(routing.sizes))
+    assert torch.equal(routing.experts, indices.flatten())
     per_sample = torch.arange(indices.shape[0], dtype=torch.float32).view(-1, 1, 1) + torch.zeros(1, 2, 3)
     pairs = routing.gather(per_sample)
     assert pairs.shape == (indices.numel(), 2, 3)
-    assert torch.equal(pairs[:, 0, 0].long(), routing.samples)
+    assert torch.equal(pairs[:, 0, 0].long(), torch.arange(indices.shape[0]).repeat_interleave(indices.shape[1]))
     # by_sample puts each pair at [its sample, its slot]: the expert found there is the gate's choice
-    assert torch.equal(routing.by_sample(pair_experts), indices)
+    assert torch.equal(routing.by_sample(routing.experts), indices)
     assert torch.equal(routing.by_sample(pairs)[:, 0], per_sample)
+
+
+# ------------------------------------------------------------------ routing without host synchronisation
+
+def module_decode(net, expert: int, bottleneck, skips):
+    """Reference: one expert's decoder for a batch, calling its own modules (as Generic_UNet's forward would)."""
+    x, outputs = bottleneck, []
+    for u in range(len(net.conv_blocks_localization)):
+        x = net.conv_blocks_localization[u](torch.cat((net.experts[expert].tu[u](x), skips[-(u + 1)]), dim=1))
+        outputs.append(net.final_nonlin(net.experts[expert].seg_outputs[u](x)))
+    return outputs[::-1]  # full resolution first
+
+
+def distinct_experts(net, seed=1):
+    """Experts with different weights, so that a wrong routing shows."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for expert in net.experts:
+            for p in expert.parameters():
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
+    return net
+
+
+@pytest.mark.parametrize("dim", DIMS)
+@pytest.mark.parametrize("mode", ["inference-k1", "inference-k2", "training-k2"])
+def test_routed_outputs_equal_each_experts_own_modules(dim, mode):
+    net = distinct_experts(tiny_moe(dim, num_experts=3, top_k=2, inference_top_k=int(mode[-1]))).eval()
+    net.do_ds = mode.startswith("training")
+    x = batch(dim, n=4)
+    route_samples_to(net, x, torch.tensor([[3., 2, 0], [0, 3, 2], [2, 0, 3], [3, 0, 2]]))
+    with torch.no_grad():
+        bottleneck, skips = net.encode(x)
+        decision = net.gate(bottleneck, int(mode[-1]))
+        assert len(torch.unique(decision.indices[:, 0])) == 3  # the batch really is split among the experts
+        out = net(x)
+        combined = out.combined if net.do_ds else (out,)
+        for b in range(4):
+            expected = 0
+            for j, expert in enumerate(decision.indices[b].tolist()):
+                reference = module_decode(net, expert, bottleneck[b:b + 1], [s[b:b + 1] for s in skips])
+                if net.do_ds:
+                    for level, level_out in enumerate(out.slots[j]):
+                        assert torch.allclose(level_out[b], reference[level][0], atol=1e-5)
+                expected = expected + decision.weights[b, j] * reference[0][0]
+            assert torch.allclose(combined[0][b], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("dim", DIMS)
+@pytest.mark.parametrize("mode", ["inference-k1", "inference-k2", "training-k2"])
+def test_the_forward_pass_needs_no_host_synchronisation(dim, mode):
+    """torch's meta device has no data: anything that reads a value on the host (.tolist(), .item(), a
+    data-dependent shape) raises there. The whole forward pass runs on it."""
+    with torch.device("meta"):
+        net = tiny_moe(dim, num_experts=3, top_k=2, inference_top_k=int(mode[-1]))
+    training = mode.startswith("training")
+    net.train(training)
+    net.do_ds = training
+    x = torch.empty((2, 1) + SHAPES[dim], device="meta")
+    with torch.no_grad() if not training else torch.enable_grad():
+        out = net(x)
+    full = out.combined[0] if training else out
+    assert full.device.type == "meta" and full.shape == (2, 2) + SHAPES[dim]
+    if training:
+        assert out.gate.indices.shape == (2, 2) and len(out.slots) == 2
+        out.combined[0].sum().backward()  # and so does the backward pass
+
+
+@pytest.mark.parametrize("dim", DIMS)
+@pytest.mark.parametrize("kind", ["conv", "conv-bias", "transposed", "transposed-bias", "upsample"])
+def test_routed_layer_applies_each_pairs_expert_layer(dim, kind):
+    from nnunet.network_architecture.generic_UNet_MoE import routed_layer
+    conv = {2: (torch.nn.Conv2d, torch.nn.ConvTranspose2d), 3: (torch.nn.Conv3d, torch.nn.ConvTranspose3d)}[dim]
+    torch.manual_seed(0)
+    if kind == "upsample":
+        layers = [torch.nn.Upsample(scale_factor=2)] * 3
+    elif kind.startswith("transposed"):
+        layers = [conv[1](4, 3, 2, 2, bias=kind.endswith("bias")) for _ in range(3)]
+    else:
+        layers = [conv[0](4, 3, 3, 1, 1, bias=kind.endswith("bias")) for _ in range(3)]
+    x = torch.randn((5, 4) + (6,) * dim)
+    experts = torch.tensor([2, 0, 0, 1, 2])
+    with torch.no_grad():
+        routed = routed_layer(layers, x, experts)
+        for p, e in enumerate(experts.tolist()):
+            assert torch.allclose(routed[p], layers[e](x[p:p + 1])[0], atol=1e-5)
+
+
+def test_the_meta_device_does_refuse_a_host_read():
+    """What the test above relies on."""
+    with pytest.raises(Exception):
+        torch.zeros(3, device="meta").tolist()

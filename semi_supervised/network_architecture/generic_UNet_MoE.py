@@ -7,11 +7,14 @@ deep-supervision level). A gate reads the bottleneck (global average pooling, th
 adds learned noise in training (noisy top-k gating, Shazeer et al. 2017) and picks the top-k experts
 per sample; a softmax over the chosen logits gives their weights.
 
-Routing is by expert over the batch, and nothing loops over samples: the decoder's batch is the P = B*k
-(sample, chosen expert) pairs, grouped by expert. Each chosen expert runs its upsampling layers and heads
-once on its group; each shared decoder block runs once on all pairs. So every layer runs at most once per
-forward pass, which Grad-CAM relies on (nnunet/inference/attention_maps.py); `last_routing` keeps the
-pairs of the last forward pass so that per-pair activations can be summed per sample.
+Routing stays on the device, and nothing loops over samples or experts: the decoder's batch is the P = B*k
+(sample, chosen expert) pairs in sample order. The experts' upsampling layers (transposed convolutions) and heads
+(1x1 convolutions) run as one grouped convolution over the pairs, with each pair's weights gathered from the
+stacked experts by the gate's indices; each shared decoder block runs once on all pairs. So the forward pass
+never waits for the gate's choice on the host (nnU-Net predicts thousands of patches one by one: a host round
+trip per patch would stall the GPU), and every shared layer runs once per forward pass, which Grad-CAM relies
+on (nnunet/inference/attention_maps.py); `last_routing` keeps the pairs of the last forward pass so that
+per-pair activations can be summed per sample.
 
 Output:
 - do_ds=True (training, nnU-Net's validation iterations): a MoEOutput with the gate-weighted
@@ -25,7 +28,7 @@ State-dict names match Generic_UNet's except for the experts: `tu.N.*` and `seg_
 `experts.E.tu.N.*` and `experts.E.seg_outputs.N.*`, and the gate adds `gate.*`.
 """
 from copy import deepcopy
-from typing import List, NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -47,41 +50,53 @@ class MoEOutput(NamedTuple):
 
 
 class Routing(NamedTuple):
-    """The (sample, expert) pairs of one forward pass, grouped by expert: the decoder's batch."""
-    experts: List[int]     # the chosen experts, one group of pairs each
-    sizes: List[int]       # pairs per group
-    samples: torch.Tensor  # (P,) the sample of each pair
-    order: torch.Tensor    # (P,) permutation that sorts the pairs by sample, then slot
+    """The (sample, chosen expert) pairs of one forward pass: the decoder's batch, P = B*k pairs in sample order
+    (pair b*k + j is sample b's j-th choice). Only shapes are known on the host; which expert each pair uses
+    stays on the device."""
+    experts: torch.Tensor  # (P,) the expert of each pair
     batch_size: int
-    in_batch_order: bool   # the pairs are the samples, in order (k=1 and one expert): nothing to gather
+    top_k: int
 
     @staticmethod
     def of(indices: torch.Tensor) -> "Routing":
-        """Routing of the gate's (B, k) chosen experts. Built on the host from one copy of `indices`: which
-        experts run is decided there anyway, and one synchronisation is cheaper than several small kernels."""
-        chosen = indices.tolist()
-        pairs = sorted((expert, sample, slot) for sample, row in enumerate(chosen) for slot, expert in enumerate(row))
-        experts = sorted({expert for expert, _, _ in pairs})
-        sizes = [sum(1 for expert, _, _ in pairs if expert == e) for e in experts]
-        samples = [sample for _, sample, _ in pairs]
-        order = sorted(range(len(pairs)), key=lambda p: pairs[p][1:])
-        device = indices.device
-        return Routing(experts, sizes, torch.tensor(samples, device=device), torch.tensor(order, device=device),
-                       len(chosen), samples == list(range(len(chosen))))
+        """Routing of the gate's (B, k) chosen experts."""
+        return Routing(indices.reshape(-1), indices.shape[0], indices.shape[1])
 
     def gather(self, per_sample: torch.Tensor) -> torch.Tensor:
         """(B, ...) by sample -> (P, ...) by pair."""
-        if self.in_batch_order:
-            return per_sample
-        if self.batch_size == 1:
-            return per_sample.expand(len(self.order), *per_sample.shape[1:])
-        return per_sample[self.samples]
+        return per_sample if self.top_k == 1 else per_sample.repeat_interleave(self.top_k, dim=0)
 
     def by_sample(self, pairs: torch.Tensor) -> torch.Tensor:
         """(P, ...) by pair -> (B, k, ...): entry [b, j] belongs to sample b's j-th chosen expert."""
-        if not self.in_batch_order:
-            pairs = pairs[self.order]
-        return pairs.unflatten(0, (self.batch_size, -1))
+        return pairs.unflatten(0, (self.batch_size, self.top_k))
+
+
+CONVOLUTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+TRANSPOSED_CONVOLUTIONS = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+def routed_layer(layers: Sequence[nn.Module], x: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+    """Apply, to each pair x[p], the layer of its expert experts[p], as one grouped convolution over the pairs.
+
+    `layers`: the same layer of every expert (a convolution, a transposed convolution, or a layer without
+    weights such as nn.Upsample, which all experts share). The experts' weights are stacked and gathered per pair
+    on the device, and the pairs become the groups of one convolution call: no host synchronisation, whatever the
+    routing, and with one pair (nnU-Net's batch of 1 at k=1) it is the baseline's own convolution.
+    """
+    first = layers[0]
+    if not isinstance(first, nn.modules.conv._ConvNd):
+        return first(x)
+    pairs, dims = x.shape[0], x.dim() - 2
+    weight = torch.stack([layer.weight for layer in layers])[experts].flatten(0, 1)  # each pair's expert's weight
+    bias = None if first.bias is None else torch.stack([layer.bias for layer in layers])[experts].flatten()
+    grouped = x.reshape(1, -1, *x.shape[2:])  # the pairs become the channel groups of one sample
+    if first.transposed:
+        out = TRANSPOSED_CONVOLUTIONS[dims](grouped, weight, bias, first.stride, first.padding, first.output_padding,
+                                            pairs * first.groups, first.dilation)
+    else:
+        out = CONVOLUTIONS[dims](grouped, weight, bias, first.stride, first.padding, first.dilation,
+                                 pairs * first.groups)
+    return out.reshape(pairs, -1, *out.shape[2:])
 
 
 class NoisyTopKGate(nn.Module):
@@ -162,20 +177,20 @@ class Generic_UNet_MoE(Generic_UNet):
         """Decode every (sample, expert) pair of `routing`; returns the outputs by pair, full resolution first
         (only that one without deep supervision).
 
-        Each expert's upsampling layers and heads run once, on its group of pairs; each shared convolution block
-        of the decoder runs once, on all pairs together (nnU-Net's instance norm keeps the pairs independent).
+        The experts' upsampling layers and heads run as grouped convolutions over the pairs (routed_layer); each
+        shared convolution block of the decoder runs once, on all pairs together (nnU-Net's instance norm keeps
+        the pairs independent).
         """
         deep_supervision = self._deep_supervision and self.do_ds
         last = len(self.conv_blocks_localization) - 1
-        groups = routing.gather(bottleneck).split(routing.sizes)
+        x = routing.gather(bottleneck)
         outputs = []
         for u in range(last + 1):
-            upsampled = torch.cat([self.experts[e].tu[u](g) for e, g in zip(routing.experts, groups)])
+            upsampled = routed_layer([expert.tu[u] for expert in self.experts], x, routing.experts)
             x = self.conv_blocks_localization[u](torch.cat((upsampled, routing.gather(skips[-(u + 1)])), dim=1))
-            groups = x.split(routing.sizes)
             if deep_supervision or u == last:
-                outputs.append(torch.cat([self.final_nonlin(self.experts[e].seg_outputs[u](g))
-                                          for e, g in zip(routing.experts, groups)]))
+                outputs.append(self.final_nonlin(routed_layer([expert.seg_outputs[u] for expert in self.experts], x,
+                                                              routing.experts)))
         if not deep_supervision:
             return outputs
         return [outputs[-1]] + [op(o) for op, o in zip(list(self.upscale_logits_ops)[::-1], outputs[:-1][::-1])]
