@@ -308,3 +308,24 @@ def test_the_meta_device_does_refuse_a_host_read():
     """What the test above relies on."""
     with pytest.raises(Exception):
         torch.zeros(3, device="meta").tolist()
+
+
+@pytest.mark.parametrize("dim", DIMS)
+@pytest.mark.parametrize("k", [1, 2])
+def test_the_moe_does_the_work_of_the_encoder_and_k_decoders(dim, k):
+    """The FLOP floor bench/moe_benchmark.py prints is what the routed MoE costs: no per-expert overhead."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def flops(function):
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            function()
+        return counter.get_total_flops()
+
+    with torch.device("meta"):
+        unet, moe = tiny_unet(dim).eval(), tiny_moe(dim, num_experts=3, top_k=2, inference_top_k=k).eval()
+        x = torch.empty((1, 1) + SHAPES[dim])
+    unet.do_ds = moe.do_ds = False
+    total, encoder = flops(lambda: unet(x)), flops(lambda: moe.encode(x))
+    floor = encoder + k * (total - encoder)
+    # at most the floor; a little less, as Generic_UNet computes its coarser heads even when it returns only one
+    assert 0.99 * floor <= flops(lambda: moe(x)) <= floor

@@ -57,7 +57,8 @@ def draw_sites(n: int, seed: int) -> List[Site]:
     rng = np.random.RandomState(seed + 7919)
     sites = [Site("A")]
     for i in range(1, n):
-        sites.append(Site(chr(ord("A") + i), noise_hu=float(rng.uniform(10, 70)), hu_scale=float(rng.uniform(0.85, 1.15)),
+        sites.append(Site(chr(ord("A") + i), noise_hu=float(rng.uniform(10, 70)),
+                          hu_scale=float(rng.uniform(0.85, 1.15)),
                           hu_offset=float(rng.uniform(-60, 60)), blur_xy=float(rng.uniform(0.4, 1.6)),
                           blur_z=float(rng.uniform(0.2, 1.2)), lesion_contrast=float(rng.uniform(0.45, 0.9))))
     return sites

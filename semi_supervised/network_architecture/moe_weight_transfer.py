@@ -51,8 +51,8 @@ def transfer_state_dict(baseline_state: Dict[str, torch.Tensor], moe: Generic_UN
     used = {baseline_key_for(k) for k in copied}
     unused = [k for k in baseline_state if k not in used]
     if problems or unused:
-        raise ValueError("the baseline does not match the MoE network: " +
-                         "; ".join(problems[:10] + [f"baseline tensor {k} has no place in the MoE" for k in unused[:10]]))
+        unplaced = [f"baseline tensor {k} has no place in the MoE" for k in unused[:10]]
+        raise ValueError("the baseline does not match the MoE network: " + "; ".join(problems[:10] + unplaced))
     return state, copied
 
 
