@@ -55,6 +55,13 @@ ITERS ?=
 VAL_ITERS ?=
 # epochs between model_latest checkpoints, which a re-run after a kill resumes from; empty: 5 (patch 0007)
 SAVE_EVERY ?=
+# training on several processes through torchrun (baseline, control, semi): processes per node (GPUs), nodes,
+# this node's rank, node 0's address and port (one node: a free port when empty)
+NPROC_PER_NODE ?= 1
+NNODES ?= 1
+NODE_RANK ?= 0
+MASTER_ADDR ?= 127.0.0.1
+MASTER_PORT ?=
 # fine-tuning from the baseline: the MoE (make semi) and its same-budget control (make control); empty: 1e-2
 FINETUNE_LR ?=
 CONTROL_TRAINER ?= nnUNetTrainerV2_finetune
@@ -91,6 +98,7 @@ METHODS ?= fullres control selftrain meanteacher moe
 # PRESET=multisite: labelled cases mostly from site A, unlabelled pool and test set from all sites
 PRESET ?=
 SIZE ?= gpu
+# GPU ids: make experiment runs independent runs in parallel, one per GPU; make predict splits its inputs over them
 GPUS ?=
 FINETUNE_EPOCHS ?=
 # make report
@@ -158,9 +166,10 @@ help:
 ##               EXTRA_UNLABELED= LABELED_SITE= LABELED_SITE_SHARE=0.8 FORCE=]
 ##   preprocess  nnUNet_plan_and_preprocess [TASK PLANNER3D TL=8 TF=8 FORCE=]
 ##   baseline    3d_fullres + 3d_lowres (--npz), nnUNet_ensemble, Dice table [FOLD=4 TRAINER PLANS EPOCHS ITERS VAL_ITERS
-##               SAVE_EVERY=5 NPROC_DA]; re-run after a kill: resumes from the last checkpoint
+##               SAVE_EVERY=5 NPROC_DA NPROC_PER_NODE=1 NNODES=1 NODE_RANK=0 MASTER_ADDR MASTER_PORT];
+##               re-run after a kill: resumes from the last checkpoint
 ##   control     the MoE's same-budget control: nnUNetTrainerV2_finetune continues the 3d_fullres baseline on the
-##               labelled cases [CONTROL_TRAINER FINETUNE_LR EPOCHS ITERS VAL_ITERS SAVE_EVERY FORCE=]
+##               labelled cases [CONTROL_TRAINER FINETUNE_LR EPOCHS ITERS VAL_ITERS SAVE_EVERY NPROC_PER_NODE FORCE=]
 ##   selftrain   nnU-Net self-training from the baseline on the MoE's budget: pseudo-labels of the unlabelled pool,
 ##               student on labelled + confident ones, then fine-tuned on the labelled [SELFTRAIN_ROUNDS=1
 ##               SELFTRAIN_THRESHOLD=0.8 FINETUNE_LR EPOCHS ITERS VAL_ITERS FORCE=]
@@ -169,10 +178,11 @@ help:
 ##   weights     baseline 3d_fullres checkpoint -> MoE initialisation [FOLD TRANSFER_NOISE=0.001 EXPERTS=3 TOP_K=2 FORCE=]
 ##   semi        train nnUNetTrainerV2_moe from it, validate, Dice vs baseline [EXPERTS TOP_K CONSISTENCY=weak_strong|cps
 ##               CONFIDENCE_THRESHOLD PERTURBATION LAMBDA_MAX WARMUP_EPOCHS RAMPUP_EPOCHS BALANCE_ALPHA FINETUNE_LR
-##               EPOCHS ITERS VAL_ITERS SAVE_EVERY FORCE=]
+##               EPOCHS ITERS VAL_ITERS SAVE_EVERY NPROC_PER_NODE NNODES FORCE=]
 ##   evaluate    every trained model segments the held-out test set (imagesTs/) into its folder; resumable
 ##               [FOLD TTA=1]
-##   predict     INPUT=<dir|file> OUTPUT=<dir> [MODEL=moe|fullres|lowres|ensemble FOLD INFERENCE_TOP_K TTA=1 FORCE=]
+##   predict     INPUT=<dir|file> OUTPUT=<dir> [MODEL=moe|fullres|lowres|ensemble FOLD INFERENCE_TOP_K TTA=1 GPUS=
+##               FORCE=]
 ##   gradcam     INPUT=<dir|file> OUTPUT=<dir> [MODEL=moe|fullres FOLD LAYER BACKEND=gcam|gcampp TTA=1 FORCE=]
 ##   report      lowres, fullres, ensemble, control and MoE compared from disk, on the test set (95% CIs, paired
 ##               differences) and the validation fold: Markdown, CSV, plots [FOLD REPORT_DIR=report NSD_TOLERANCE_MM=1.0]
@@ -229,13 +239,15 @@ preprocess: setup
 	$(PY) -m covidseg.preprocess --task $(TASK) --planner3d $(PLANNER3D) --plans $(PLANS) --tl $(TL) --tf $(TF) $(if $(FORCE),--force)
 
 baseline: setup
-	$(PY) -m covidseg.baseline $(WORKFLOW_ARGS)
+	$(PY) -m covidseg.baseline $(WORKFLOW_ARGS) $(LAUNCH_ARGS)
 
+LAUNCH_ARGS := --nproc-per-node $(NPROC_PER_NODE) --nnodes $(NNODES) --node-rank $(NODE_RANK) \
+	--master-addr $(MASTER_ADDR) $(if $(MASTER_PORT),--master-port $(MASTER_PORT))
 MOE_ARGS := --task $(TASK) --fold $(FOLD) --plans $(PLANS) --trainer $(TRAINER) --moe-trainer $(MOE_TRAINER) \
 	--control-trainer $(CONTROL_TRAINER) $(if $(FORCE),--force)
 
 control: setup
-	$(PY) -m covidseg.control $(MOE_ARGS)
+	$(PY) -m covidseg.control $(MOE_ARGS) $(LAUNCH_ARGS)
 
 selftrain: setup
 	$(PY) -m covidseg.selftrain $(MOE_ARGS)
@@ -247,7 +259,7 @@ weights: setup
 	$(PY) -m covidseg.weights $(MOE_ARGS)
 
 semi: setup
-	$(PY) -m covidseg.semi $(MOE_ARGS)
+	$(PY) -m covidseg.semi $(MOE_ARGS) $(LAUNCH_ARGS)
 
 evaluate: setup
 	$(PY) -m covidseg.evaluate --task $(TASK) --fold $(FOLD) --plans $(PLANS) --trainer $(TRAINER) \
@@ -255,7 +267,8 @@ evaluate: setup
 
 predict: setup
 	@test -n "$(INPUT)" -a -n "$(OUTPUT)" || { echo "ERROR: set INPUT=<CT file or folder> and OUTPUT=<folder>" >&2; exit 1; }
-	$(PY) -m covidseg.predict --input "$(INPUT)" --output "$(OUTPUT)" --model $(MODEL) $(MOE_ARGS) $(if $(filter 0,$(TTA)),--disable-tta)
+	$(PY) -m covidseg.predict --input "$(INPUT)" --output "$(OUTPUT)" --model $(MODEL) $(MOE_ARGS) $(if $(filter 0,$(TTA)),--disable-tta) \
+		$(if $(GPUS),--gpus $(GPUS))
 
 gradcam: setup
 	@test -n "$(INPUT)" -a -n "$(OUTPUT)" || { echo "ERROR: set INPUT=<CT file or folder> and OUTPUT=<folder>" >&2; exit 1; }

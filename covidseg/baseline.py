@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Optional, Sequence
 
+from covidseg.core.distributed import add_launch_arguments, launch_from_arguments
 from covidseg.core.errors import WorkflowError, main_guard
 from covidseg.core.nnunet_runs import (add_validation_argument, print_and_save_dice_table, train_or_resume,
                                       validation_dice)
@@ -31,14 +32,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--fullres-only", action="store_true",
                         help="train 3d_fullres only (no 3d_lowres, no ensemble): what `make experiment` compares")
     add_validation_argument(parser)
+    add_launch_arguments(parser)
     args = parser.parse_args(argv)
+    launch = launch_from_arguments(args)
 
     task = task_name(args.task)
     plans = load_plans(task, args.plans)
     trained = {}
     for configuration in ["3d_fullres"] if args.fullres_only else configurations(plans):
         trained[configuration] = train_or_resume(configuration, args.task, task, args.trainer, args.plans, args.fold,
-                                                 args.force, validate=not args.no_validation)
+                                                 args.force, validate=not args.no_validation, launch=launch)
     if "3d_lowres" not in trained and not args.fullres_only:
         print("NOTE: the plans have no 3d_lowres stage, so there is no lowres model and no ensemble; "
               "continuing with 3d_fullres only.")

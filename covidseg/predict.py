@@ -6,6 +6,8 @@ need not follow nnU-Net's <case>_0000.nii.gz convention: the inputs are linked i
 that name, and each segmentation is written as <case>.nii.gz, where <case> is the input's case id
 (covidseg.core.challenge.case_id: the name without .nii.gz / .nii, nnU-Net's _0000 and the challenge's _ct).
 
+GPUS="0 1 ...": the inputs are split over one nnUNet_predict process per GPU (nnU-Net's --part_id / --num_parts).
+
 MODEL: moe (nnUNetTrainerV2_moe, 3d_fullres), fullres, lowres (nnUNetTrainerV2), or ensemble
 (fullres + lowres, averaged softmax through nnUNet_ensemble). Existing segmentations in OUTPUT are not
 overwritten without --force.
@@ -40,6 +42,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     add_model_arguments(parser)
     parser.add_argument("--disable-tta", action="store_true", help="no mirroring at test time (8x faster in 3D)")
     parser.add_argument("--force", action="store_true")
+    parser.add_argument("--gpus", nargs="+", default=[], metavar="GPU",
+                        help="CUDA device ids; with several, the inputs are split over one process per GPU")
     args = parser.parse_args(argv)
 
     task = task_name(args.task)
@@ -59,7 +63,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             for folder, (configuration, _) in zip(folders, MODELS["ensemble"]):
                 part = Path(tmp) / configuration
                 nnunet_predict(staged, part, args.task, configuration, args.trainer, args.plans, args.fold, npz=True,
-                               tta=not args.disable_tta)
+                               tta=not args.disable_tta, gpus=args.gpus)
                 parts.append(str(part))
             result = Path(tmp) / "ensemble"
             run(["nnUNet_ensemble", "-f", *parts, "-o", str(result)])
@@ -68,7 +72,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             result = Path(tmp) / "result"
             nnunet_predict(staged, result, args.task, configuration,
                            args.moe_trainer if kind == "moe" else args.trainer, args.plans, args.fold, npz=False,
-                           tta=not args.disable_tta)
+                           tta=not args.disable_tta, gpus=args.gpus)
         for case in inputs:
             produced = result / f"{case}.nii.gz"
             if not produced.is_file():

@@ -9,6 +9,7 @@ and the MoE on the same cases.
 import argparse
 from typing import Optional, Sequence
 
+from covidseg.core.distributed import add_launch_arguments, launch_from_arguments
 from covidseg.core.errors import WorkflowError, main_guard
 from covidseg.core.nnunet_runs import add_validation_argument, print_validation_table, train_or_resume
 from covidseg.core.workspace import (add_model_arguments, ground_truth_dir, load_plans, model_dir, moe_init_file,
@@ -20,6 +21,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     add_model_arguments(parser)
     parser.add_argument("--force", action="store_true", help="retrain the MoE from its initialisation")
     add_validation_argument(parser)
+    add_launch_arguments(parser)
     args = parser.parse_args(argv)
 
     task = task_name(args.task)
@@ -28,7 +30,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if not init.is_file():
         raise WorkflowError(f"no MoE initialisation {init}: run 'make weights' first")
     moe = train_or_resume("3d_fullres", args.task, task, args.moe_trainer, args.plans, args.fold, args.force,
-                          first_start_args=["-pretrained_weights", str(init)], validate=not args.no_validation)
+                          first_start_args=["-pretrained_weights", str(init)], validate=not args.no_validation,
+                          launch=launch_from_arguments(args))
     if args.no_validation:
         return
 

@@ -37,14 +37,19 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         return
 
     baseline = restore_model(str(checkpoint) + ".pkl", str(checkpoint), train=False)
+    # trained on several processes, the baseline restores as nnUNetTrainerV2_DDP: other constructor arguments, and
+    # its network wrapped in DistributedDataParallel
+    baseline_network = getattr(baseline.network, "module", baseline.network)
     with translate_errors(ValueError, context="the MoE settings (EXPERTS, TOP_K, INFERENCE_TOP_K; MOE_* variables)"):
-        moe_trainer = nnUNetTrainerV2_moe(*baseline.init_args)
+        moe_trainer = nnUNetTrainerV2_moe(baseline.plans_file, baseline.fold, baseline.output_folder_base,
+                                          baseline.dataset_directory, baseline.batch_dice, baseline.stage,
+                                          baseline.unpack_data, baseline.deterministic, baseline.fp16)
         moe_trainer.process_plans(baseline.plans)
         moe_trainer.initialize_network()
     moe = moe_trainer.network
 
     with translate_errors(ValueError, context=f"{checkpoint} cannot initialise the MoE"):
-        state, copied = transfer_state_dict(baseline.network.state_dict(), moe, args.perturbation)
+        state, copied = transfer_state_dict(baseline_network.state_dict(), moe, args.perturbation)
     moe.load_state_dict(state)
     gate_tensors = [k for k in state if k.startswith("gate.")]
     print(f"copied {len(copied)} of {len(state)} MoE tensors from {checkpoint} "
@@ -52,7 +57,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     device = next(moe.parameters()).device
     x = torch.randn((1, baseline.num_input_channels, *baseline.patch_size), generator=torch.Generator().manual_seed(0))
-    differences = forced_expert_differences(baseline.network, moe, x.to(device))
+    differences = forced_expert_differences(baseline_network, moe, x.to(device))
     for expert, difference in enumerate(differences):
         print(f"gate forced to expert {expert}: max |softmax(MoE) - softmax(baseline)| = {difference:.2e}")
     if max(differences) > TOLERANCE:

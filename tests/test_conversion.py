@@ -217,6 +217,19 @@ def test_extra_unlabeled_folder_joins_the_pool(synthetic_download, tmp_path):
     assert (task_dir(out) / "imagesUnlabeled" / "study_0255_0000.nii.gz").is_file()
 
 
+def test_extra_unlabeled_files_of_other_formats_are_refused_by_name(synthetic_download, tmp_path, capsys):
+    extra = tmp_path / "mosmed"
+    (extra / "dicom").mkdir(parents=True)
+    shutil.copy(synthetic_download / "Train" / (train_names(synthetic_download)[0] + "_ct.nii.gz"),
+                extra / "study_0255.nii.gz")
+    (extra / "study_0256.mha").write_bytes(b"x")
+    (extra / ".DS_Store").write_bytes(b"x")
+    assert convert(synthetic_download, tmp_path / "out", "--extra-unlabeled", str(extra)) == 1
+    err = capsys.readouterr().err
+    assert "2 problem(s)" in err and "study_0256.mha: not a NIfTI file" in err and "dicom: not a NIfTI" in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_existing_task_is_kept_unless_forced(synthetic_download, tmp_path, capsys):
     assert convert(synthetic_download, tmp_path) == 0
     marker = task_dir(tmp_path) / "user_notes.txt"

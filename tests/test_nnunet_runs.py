@@ -19,6 +19,34 @@ def saved_epoch(checkpoint: Path) -> int:
     return torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"]
 
 
+def descendants(pid: int):
+    """Every process below `pid` (from /proc), including those in another session (torchrun's workers)."""
+    children = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process, its group and every descendant at once, as a pre-empted or out-of-memory job dies."""
+    below = descendants(pid)
+    os.killpg(pid, signal.SIGKILL)
+    for child in below:
+        try:
+            os.kill(child, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def start_and_kill_after_a_saved_epoch(command, env, folder: Path, timeout: float = 600) -> int:
     """Run `command` in its own process group; SIGKILL the group once model_latest holds epoch >= KILL_AFTER.
     Returns the epoch of the checkpoint left behind (which must load)."""
@@ -37,7 +65,7 @@ def start_and_kill_after_a_saved_epoch(command, env, folder: Path, timeout: floa
         else:
             raise AssertionError(f"no checkpoint of epoch {KILL_AFTER} within {timeout} s")
     finally:
-        os.killpg(process.pid, signal.SIGKILL)
+        kill_tree(process.pid)
         process.wait()
     assert not (folder / "model_final_checkpoint.model").exists()
     return saved_epoch(latest)

@@ -4,20 +4,25 @@ checkpoint, validate the fold, print its Dice beside the baseline's and the othe
 import argparse
 from typing import Optional, Sequence
 
+from covidseg.core.distributed import Launch, add_launch_arguments, launch_from_arguments
 from covidseg.core.methods import METHODS
 from covidseg.core.nnunet_runs import add_validation_argument, continue_from_baseline, print_validation_table
 from covidseg.core.workspace import add_model_arguments, ground_truth_dir, model_dir, task_name
 
 
-def main_for(method: str, description: str, argv: Optional[Sequence[str]]) -> None:
+def main_for(method: str, description: str, argv: Optional[Sequence[str]], distributed: bool = False) -> None:
+    """distributed: the method's trainer has a DDP variant, so the command takes the launch arguments
+    (covidseg.core.distributed)."""
     parser = argparse.ArgumentParser(description=description)
     add_model_arguments(parser)
     parser.add_argument("--force", action="store_true", help=f"train {method} again from the baseline")
     add_validation_argument(parser)
+    if distributed:
+        add_launch_arguments(parser)
     args = parser.parse_args(argv)
 
     trainer = args.control_trainer if method == "control" else METHODS[method].trainer
-    folder = continue_from_baseline(args, trainer)
+    folder = continue_from_baseline(args, trainer, launch_from_arguments(args) if distributed else Launch())
     if args.no_validation:
         return
     task = task_name(args.task)

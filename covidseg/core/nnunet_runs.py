@@ -6,12 +6,13 @@ fresh training starts. Always with --npz, so validation keeps the softmax for nn
 """
 import csv
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import numpy as np
 
+from covidseg.core.distributed import Launch
 from covidseg.core.errors import WorkflowError, translate_errors
-from covidseg.core.workspace import load_plans, model_dir, run, task_name, trained_model_dir
+from covidseg.core.workspace import load_plans, model_dir, run, run_in_parallel, task_name, trained_model_dir
 from covidseg.evaluation.metrics import CaseFileError, dice_per_case
 
 
@@ -22,13 +23,14 @@ def has_npz_validation(folder: Path) -> bool:
 
 
 def train_or_resume(configuration: str, task_id: int, task: str, trainer: str, plans: str, fold, force: bool,
-                    first_start_args: List[str] = (), validate: bool = True) -> Path:
+                    first_start_args: List[str] = (), validate: bool = True, launch: Launch = Launch()) -> Path:
     """Train (or resume, or skip) one configuration; returns its fold folder. first_start_args only for a fresh start.
-    validate=False: no inference on the fold's validation cases after training (patch 0006), for fold `all`."""
+    validate=False: no inference on the fold's validation cases after training (patch 0006), for fold `all`.
+    launch: how many processes (covidseg.core.distributed; the model folder is the same for any number)."""
     folder = model_dir(configuration, task, trainer, plans, fold)
     # --disable_next_stage_pred (patch 0005): the workflow ensembles 3d_lowres, it never trains the cascade
-    command = ["nnUNet_train", configuration, trainer, str(task_id), str(fold), "-p", plans, "--npz",
-               "--disable_next_stage_pred"] + ([] if validate else ["--disable_validation_inference"])
+    command = launch.command([configuration, trainer, str(task_id), str(fold), "-p", plans, "--npz",
+                              "--disable_next_stage_pred"] + ([] if validate else ["--disable_validation_inference"]))
     if (folder / "model_final_checkpoint.model").is_file() and not force:
         print(f"{configuration} {trainer}: already trained ({folder}); FORCE=1 retrains it")
         if validate and not has_npz_validation(folder):
@@ -41,7 +43,7 @@ def train_or_resume(configuration: str, task_id: int, task: str, trainer: str, p
     return folder
 
 
-def continue_from_baseline(args, trainer: str) -> Path:
+def continue_from_baseline(args, trainer: str, launch: Launch = Launch()) -> Path:
     """Train (or resume, or skip) a 3d_fullres `trainer` that starts from the baseline's final checkpoint
     (-pretrained_weights), as the control, the self-training and the mean teacher do; returns its fold folder.
     `args`: the model arguments (covidseg.core.workspace.add_model_arguments), --force and --no-validation."""
@@ -50,16 +52,23 @@ def continue_from_baseline(args, trainer: str) -> Path:
     baseline = trained_model_dir("3d_fullres", task, args.trainer, args.plans, args.fold, "make baseline")
     return train_or_resume("3d_fullres", args.task, task, trainer, args.plans, args.fold, args.force,
                            first_start_args=["-pretrained_weights", str(baseline / "model_final_checkpoint.model")],
-                           validate=not args.no_validation)
+                           validate=not args.no_validation, launch=launch)
 
 
 def nnunet_predict(images: Path, output: Path, task_id: int, configuration: str, trainer: str, plans: str, fold,
-                   npz: bool, tta: bool) -> None:
+                   npz: bool, tta: bool, gpus: Sequence[str] = ()) -> None:
     """nnUNet_predict of every <case>_0000.nii.gz in `images` with a model's final checkpoint; cases whose
-    segmentation is already in `output` are skipped (nnU-Net's own rule), so an interrupted run resumes."""
+    segmentation is already in `output` are skipped (nnU-Net's own rule), so an interrupted run resumes.
+    gpus: with several, the cases are split into one part per GPU (nnU-Net's --part_id / --num_parts), each
+    predicted by its own process that sees only its GPU (CUDA_VISIBLE_DEVICES)."""
     command = ["nnUNet_predict", "-i", str(images), "-o", str(output), "-t", str(task_id), "-m", configuration,
                "-tr", trainer, "-p", plans, "-f", str(fold), "-chk", "model_final_checkpoint"]
-    run(command + (["--save_npz"] if npz else []) + ([] if tta else ["--disable_tta"]))
+    command += (["--save_npz"] if npz else []) + ([] if tta else ["--disable_tta"])
+    if len(gpus) <= 1:
+        run(command, env={"CUDA_VISIBLE_DEVICES": gpus[0]} if gpus else None)
+    else:
+        run_in_parallel([command + ["--part_id", str(i), "--num_parts", str(len(gpus))] for i in range(len(gpus))],
+                        [{"CUDA_VISIBLE_DEVICES": gpu} for gpu in gpus])
 
 
 def validation_dice(predictions: Path, references: Path) -> Dict[str, float]:

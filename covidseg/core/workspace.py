@@ -151,9 +151,23 @@ def add_model_arguments(parser: argparse.ArgumentParser, moe: bool = True) -> No
                             help="the MoE's same-budget control (make control)")
 
 
-def run(command: List[str]) -> None:
+def run(command: List[str], env: Optional[Dict[str, str]] = None) -> None:
+    """Run a command (a console script or a path); env: variables to set on top of this process's."""
     print("$ " + " ".join(command), flush=True)
-    result = subprocess.run([executable(command[0])] + command[1:])
+    result = subprocess.run([executable(command[0])] + command[1:], env=dict(os.environ, **env) if env else None)
     if result.returncode != 0:
         raise WorkflowError(f"'{' '.join(command)}' failed with exit status {result.returncode}")
+
+
+def run_in_parallel(commands: List[List[str]], envs: List[Dict[str, str]]) -> None:
+    """Run the commands at the same time (each with its extra variables); all must succeed."""
+    processes = []
+    for command, env in zip(commands, envs):
+        print("$ " + " ".join(f"{k}={v}" for k, v in env.items()) + " " + " ".join(command), flush=True)
+        processes.append(subprocess.Popen([executable(command[0])] + command[1:], env=dict(os.environ, **env)))
+    failed = [(command, env, p.wait()) for command, env, p in zip(commands, envs, processes)]
+    failed = [(command, env, code) for command, env, code in failed if code != 0]
+    if failed:
+        raise WorkflowError("; ".join(f"'{' '.join(command)}' ({', '.join(f'{k}={v}' for k, v in env.items())}) "
+                                      f"failed with exit status {code}" for command, env, code in failed))
 

@@ -43,7 +43,7 @@ from covidseg.core.challenge import (SITES_FILE, FILENAME_COLUMN, LABELS, LESION
                                      TRAIN_SHEET, VALIDATION_FOLDER, VALIDATION_SHEET, WORKBOOK_NAME, case_id,
                                      ct_file, seg_file)
 from covidseg.core.errors import ProblemsError, WorkflowError
-from covidseg.data.image_checks import check_image, parallel_map
+from covidseg.data.image_checks import check_image, is_nifti, parallel_map
 
 GEOMETRY_TOLERANCE = 1e-4  # relative, for spacing, origin and direction
 
@@ -154,7 +154,11 @@ def collect_extra_unlabeled(folder: Path, problems: List[str]) -> Dict[str, Path
     if not folder.is_dir():
         problems.append(f"--extra-unlabeled {folder}: not a folder")
         return {}
-    files = sorted(list(folder.glob("*.nii.gz")) + list(folder.glob("*.nii")))
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    files = [p for p in entries if p.is_file() and is_nifti(p)]
+    for other in (p for p in entries if p not in files):
+        problems.append(f"--extra-unlabeled {other}: not a NIfTI file (.nii.gz / .nii); other formats and "
+                        f"sub-folders are not read, convert them to NIfTI first")
     if not files:
         problems.append(f"--extra-unlabeled {folder}: holds no .nii.gz / .nii files")
     cases = {}

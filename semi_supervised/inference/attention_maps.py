@@ -48,6 +48,9 @@ def load_trainer(model_folder: str, fold, checkpoint: str = "model_final_checkpo
     trainer, params = load_model_and_checkpoint_files(model_folder, folds=[fold], mixed_precision=False,
                                                       checkpoint_name=checkpoint)
     trainer.load_checkpoint_ram(params[0], False)
+    # a model trained under torchrun restores as nnU-Net's nnUNetTrainerV2_DDP, whose network is wrapped in
+    # DistributedDataParallel: the maps hook the network's own layers
+    trainer.network = getattr(trainer.network, "module", trainer.network)
     trainer.network.eval()
     return trainer
 

@@ -12,16 +12,18 @@
 """
 import math
 from itertools import combinations
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 
-def load_balancing_loss(indices: torch.Tensor, probs: torch.Tensor, num_experts: int) -> torch.Tensor:
-    """indices: (B, k) chosen experts; probs: (B, E) gate probabilities."""
-    assignments = F.one_hot(indices, num_experts).float().sum(dim=(0, 1))
-    fraction_routed = assignments / indices.numel()
+def load_balancing_loss(indices: torch.Tensor, probs: torch.Tensor, num_experts: int,
+                        fraction_routed: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """indices: (B, k) chosen experts; probs: (B, E) gate probabilities. fraction_routed: the routing fractions to
+    use instead of this batch's (under DDP: all ranks', so that the loss is the one of the global batch)."""
+    if fraction_routed is None:
+        fraction_routed = expert_usage(indices, num_experts)
     mean_probability = probs.float().mean(dim=0)
     return num_experts * torch.sum(fraction_routed * mean_probability)
 

@@ -38,13 +38,13 @@ import json
 import os
 import time
 from dataclasses import asdict, dataclass, fields
-from typing import Dict, List, NamedTuple, Optional
+from typing import Callable, Dict, List, NamedTuple, Optional
 
 import numpy as np
 import torch
 from torch.cuda.amp import autocast
 
-from nnunet.network_architecture.generic_UNet_MoE import MoEOutput
+from nnunet.network_architecture.generic_UNet_MoE import GateDecision, MoEOutput
 from nnunet.network_architecture.unet_factory import generic_unet_moe
 from nnunet.training.data_augmentation.strong_perturbations import bottleneck_dropout, strong_view
 from nnunet.training.dataloading.unlabeled_loader import unlabeled_generator
@@ -104,23 +104,26 @@ class UnlabeledTerm(NamedTuple):
     gate_probs: torch.Tensor  # (B, E) of the unlabelled batch
 
 
-def moe_unlabeled_term(network, weak: torch.Tensor, settings: ConsistencySettings) -> UnlabeledTerm:
+def moe_unlabeled_term(network, weak: torch.Tensor, settings: ConsistencySettings,
+                       forward: Optional[Callable] = None) -> UnlabeledTerm:
     """The consistency loss of a Generic_UNet_MoE (in training mode) on an unlabelled, weakly augmented batch, and
     what it saw. weak_strong: the chosen experts' pseudo-labels on the weak view (no gradient) train the other
-    chosen experts on the strong view, routed to the same experts; cps: cross pseudo-supervision on the weak view."""
+    chosen experts on the strong view, routed to the same experts; cps: cross pseudo-supervision on the weak view.
+    forward: what runs the network (default: the network itself; under DDP its DistributedDataParallel wrapper)."""
+    forward = forward or network
     threshold = settings.threshold
     if settings.kind == "cps":
-        output = network(weak)
+        output = forward(weak)
         slots = [slot[0] for slot in output.slots]
         return UnlabeledTerm(pairwise_consistency_loss(slots), disagreement(slots),
                              confident_fraction([pseudo_labels(s) for s in slots], threshold), output.gate.probs)
     with torch.no_grad():
-        teacher = network(weak)
+        teacher = forward(weak)
     weak_slots = [slot[0] for slot in teacher.slots]
     targets = [pseudo_labels(s) for s in weak_slots]
     strong, mix = strong_view(weak, settings.perturbation)
     with bottleneck_dropout(network, settings.perturbation.feature_dropout):
-        student = network(strong, decision=teacher.gate)  # the experts the weak view chose
+        student = forward(strong, decision=teacher.gate)  # the experts the weak view chose
     mixed_targets = [PseudoLabels(mix.apply(t.labels), mix.apply(t.confidence)) for t in targets]
     loss = weak_to_strong_loss([slot[0] for slot in student.slots], mixed_targets, threshold)
     return UnlabeledTerm(loss, disagreement(weak_slots), confident_fraction(targets, threshold), teacher.gate.probs)
@@ -172,8 +175,16 @@ class nnUNetTrainerV2_moe(nnUNetTrainerV2):
         per_expert = torch.stack([self.loss(slot, target) for slot in output.slots]).mean()
         return per_expert + self.loss(output.combined, target)
 
+    @property
+    def training_forward(self) -> Callable:
+        """What runs the network in a training iteration (a DDP variant puts its DistributedDataParallel here)."""
+        return self.network
+
+    def balance_loss(self, gate: GateDecision) -> torch.Tensor:
+        return load_balancing_loss(gate.indices, gate.probs, self.moe.num_experts)
+
     def unlabeled_term(self, weak: torch.Tensor) -> UnlabeledTerm:
-        return moe_unlabeled_term(self.network, weak, self.consistency)
+        return moe_unlabeled_term(self.network, weak, self.consistency, forward=self.training_forward)
 
     def consistency_gradient_share(self, losses: MoELosses) -> float:
         """|d(lambda x consistency)/d shared| / |d supervised/d shared| over the encoder and shared decoder blocks
@@ -193,9 +204,9 @@ class nnUNetTrainerV2_moe(nnUNetTrainerV2):
 
         self.optimizer.zero_grad()
         with autocast(enabled=self.fp16):
-            output = self.network(data)
+            output = self.training_forward(data)
             supervised = self.supervised_loss(output, target)
-            balance = load_balancing_loss(output.gate.indices, output.gate.probs, self.moe.num_experts)
+            balance = self.balance_loss(output.gate)
             term = self.unlabeled_term(unlabeled) if unlabeled is not None else None
             weighted_consistency = consistency_lambda * term.consistency if term else supervised.new_zeros(())
             losses = MoELosses(supervised + weighted_consistency + self.moe.balance_alpha * balance,
