@@ -11,17 +11,15 @@ the numbers show the cost of the gradient all-reduce, not a speed-up.
 """
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from moe_benchmark import COVID_KERNELS, COVID_PATCH, COVID_POOLING, build, deep_supervision_loss  # noqa: E402
+from covidseg.benchmarking import backward_and_step, benchmark_plan, build, deep_supervision_loss, synchronize
+from covidseg.core.distributed import free_port
 
 
 def rank_main(rank: int, world: int, port: int, job: dict, results) -> None:
@@ -44,25 +42,17 @@ def rank_main(rank: int, world: int, port: int, job: dict, results) -> None:
         optimizer.zero_grad()
         with torch.autocast(device.type, enabled=cuda):
             loss = deep_supervision_loss(model(x), y)
-        if scaler:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        backward_and_step(loss, optimizer, scaler)
 
     for _ in range(job["warmup"]):
         step()
     times = []
     for _ in range(job["repeats"]):
-        if cuda:
-            torch.cuda.synchronize()
+        synchronize(device)
         dist.barrier()
         start = time.perf_counter()
         step()
-        if cuda:
-            torch.cuda.synchronize()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     if rank == 0:
         results.put(sorted(times)[len(times) // 2])
@@ -70,7 +60,6 @@ def rank_main(rank: int, world: int, port: int, job: dict, results) -> None:
 
 
 def measure(world: int, job: dict) -> float:
-    from covidseg.core.distributed import free_port
     context = mp.get_context("spawn")
     results = context.Queue()
     mp.start_processes(rank_main, args=(world, free_port(), job, results), nprocs=world, join=True,
@@ -87,9 +76,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     args = parser.parse_args()
-    patch, pooling, kernels = COVID_PATCH, COVID_POOLING, COVID_KERNELS
-    if args.cpu_sized:
-        patch, pooling, kernels = (16, 128, 128), COVID_POOLING[:5], COVID_KERNELS[:6]
+    patch, pooling, kernels = benchmark_plan(args.cpu_sized)
     gpus = torch.cuda.device_count()
     processes = args.processes or ([n for n in (1, 2, 4, 8) if n <= gpus] if gpus else [1, 2])
     if gpus and max(processes) > gpus:

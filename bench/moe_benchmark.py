@@ -34,22 +34,11 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
-COVID_PATCH = (28, 256, 256)
-COVID_POOLING = [[1, 2, 2], [1, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2], [1, 2, 2]]
-COVID_KERNELS = [[1, 3, 3], [1, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3], [3, 3, 3]]
+from covidseg.benchmarking import backward_and_step, benchmark_plan, build, deep_supervision_loss, synchronize
+
 TARGETS_VS_FLOOR = {"train_k2": 1.05, "inference_k1": 1.02}  # measured ratio / FLOP floor
 PEAK_MEMORY_TARGET_MB = 24 * 1024
-
-
-def build(kind: str, pooling, kernels, num_experts: int, top_k: int, inference_top_k: int):
-    from nnunet.network_architecture.unet_factory import generic_unet, generic_unet_moe
-    plan = dict(num_input_channels=1, base_num_features=32, num_classes=2, pool_op_kernel_sizes=pooling,
-                conv_kernel_sizes=kernels)
-    if kind == "baseline":
-        return generic_unet(**plan)
-    return generic_unet_moe(**plan, num_experts=num_experts, top_k=top_k, inference_top_k=inference_top_k)
 
 
 def encoder_forward(net, x):
@@ -87,21 +76,6 @@ def flop_floor(patch, pooling, kernels, experts: int) -> dict:
     return result
 
 
-def deep_supervision_loss(output, target):
-    outputs = output.combined + tuple(o for slot in output.slots for o in slot) if hasattr(output, "slots") \
-        else output
-    loss = 0
-    for o in outputs:
-        t = nn.functional.interpolate(target[:, None].float(), size=o.shape[2:], mode="nearest")[:, 0].long()
-        loss = loss + nn.functional.cross_entropy(o.float(), t)
-    return loss
-
-
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def measure(job: dict) -> dict:
     """Runs in a child process: build, warm up, time; returns milliseconds and peak memory (MB)."""
     torch.manual_seed(0)
@@ -131,13 +105,7 @@ def measure(job: dict) -> dict:
                 loss = deep_supervision_loss(net(x), y)
                 if unlabeled is not None:
                     loss = loss + settings.lambda_max * moe_unlabeled_term(net, unlabeled, settings).consistency
-            if scaler:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
+            backward_and_step(loss, optimizer, scaler)
     else:
         net.eval()
         net.do_ds = False
@@ -215,9 +183,7 @@ def main() -> None:
                         help="measure only these runs (e.g. 'moe semi weak_strong'); ratios need their pairs")
     args = parser.parse_args()
 
-    patch, pooling, kernels = COVID_PATCH, COVID_POOLING, COVID_KERNELS
-    if args.cpu_sized:
-        patch, pooling, kernels = (16, 128, 128), COVID_POOLING[:5], COVID_KERNELS[:6]
+    patch, pooling, kernels = benchmark_plan(args.cpu_sized)
     base = dict(device=args.device, patch=patch, pooling=pooling, kernels=kernels, experts=args.experts,
                 repeats=args.repeats, warmup=args.warmup, compile=args.compile)
     runs = {

@@ -1,23 +1,17 @@
 """nnU-Net's DDP trainer on a CPU (gloo, 2 processes; patch 0008): the same step as one process on the whole
 batch, and the batch split. tests/test_distributed.py runs it under torchrun through `make baseline`."""
 import os
-import socket
 
 import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
 
+from covidseg.core.distributed import free_port
 from nnunet.utilities.distributed import split_batch
 from tests.helpers import tiny_unet
 
 WORLD = 2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def step_inputs(dim: int, batch: int):
@@ -59,23 +53,33 @@ def single_process_step(dim: int) -> dict:
     return one_step(trainer, *step_inputs(dim, 2 * WORLD))
 
 
-def ddp_rank_step(rank: int, dim: int, port: int, results: str) -> None:
-    """One rank: nnUNetTrainerV2_DDP's iteration (DDP, batch Dice all-gathered) on its half of the same batch."""
+def join_cpu_group(rank: int, port: int):
+    """In a spawned test process: join the 2-process gloo group as torchrun would set it up; (rank, local, world)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(WORLD), CUDA_VISIBLE_DEVICES="")
+    from nnunet.utilities.distributed import init_distributed
+    return init_distributed()
+
+
+def rank_half(dim: int, rank: int):
+    """This rank's half of the batch of step_inputs(dim, 2 * WORLD), with its targets."""
+    data, targets = step_inputs(dim, 2 * WORLD)
+    half = slice(2 * rank, 2 * rank + 2)
+    return data[half], [t[half] for t in targets]
+
+
+def ddp_rank_step(rank: int, dim: int, port: int, results: str) -> None:
+    """One rank: nnUNetTrainerV2_DDP's iteration (DDP, batch Dice all-gathered) on its half of the same batch."""
     from torch.nn.parallel import DistributedDataParallel as DDP
     from nnunet.training.loss_functions.crossentropy import RobustCrossEntropyLoss
     from nnunet.training.network_training.nnUNetTrainerV2_DDP import nnUNetTrainerV2_DDP
-    from nnunet.utilities.distributed import init_distributed
     trainer = nnUNetTrainerV2_DDP.__new__(nnUNetTrainerV2_DDP)
-    trainer.rank, trainer.local_rank, trainer.world_size = init_distributed()
+    trainer.rank, trainer.local_rank, trainer.world_size = join_cpu_group(rank, port)
     net = tiny_unet(dim)
     trainer.ds_loss_weights, trainer.batch_dice, trainer.ce_loss = ds_weights(net), True, RobustCrossEntropyLoss()
     trainer.network, trainer.fp16 = DDP(net), False
     trainer.optimizer = torch.optim.SGD(trainer.network.parameters(), lr=0.01, momentum=0.99, nesterov=True)
-    data, targets = step_inputs(dim, 2 * WORLD)
-    half = slice(2 * rank, 2 * rank + 2)
-    weights = one_step(trainer, data[half], [t[half] for t in targets])
+    weights = one_step(trainer, *rank_half(dim, rank))
     if rank == 0:
         torch.save(weights, results)
     trainer.network = None  # destroying the group under a live DDP can hang at exit

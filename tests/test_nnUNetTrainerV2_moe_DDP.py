@@ -1,7 +1,6 @@
 """nnUNetTrainerV2_moe_DDP on a CPU (gloo, 2 processes): one step of 2 ranks x batch 2 equals one step of the
 single-process MoE trainer on the 4 samples (gate noise off; the load-balancing loss and the batch Dice over all
 ranks); `make semi NPROC_PER_NODE=2` trains, is killed, resumes and writes every file once."""
-import os
 from unittest import mock
 
 import pytest
@@ -9,7 +8,8 @@ import torch
 import torch.multiprocessing as mp
 
 from tests.helpers import tiny_moe
-from tests.test_nnUNetTrainerV2_DDP import WORLD, ds_weights, free_port, one_step, step_inputs
+from covidseg.core.distributed import free_port
+from tests.test_nnUNetTrainerV2_DDP import WORLD, ds_weights, join_cpu_group, one_step, rank_half, step_inputs
 
 
 def moe_network(dim: int):
@@ -53,21 +53,17 @@ def single_process_moe_step(dim: int) -> dict:
 
 
 def ddp_moe_rank_step(rank: int, dim: int, port: int, results: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(WORLD), CUDA_VISIBLE_DEVICES="")
+    """One rank: nnUNetTrainerV2_moe_DDP's iteration on its half of the same batch."""
     from torch.nn.parallel import DistributedDataParallel as DDP
     from nnunet.training.loss_functions.distributed_losses import DistributedDiceCELoss, EveryOutputLoss
     from nnunet.training.network_training.nnUNetTrainerV2_moe_DDP import nnUNetTrainerV2_moe_DDP
-    from nnunet.utilities.distributed import init_distributed
     network = moe_network(dim)
     trainer = moe_trainer(nnUNetTrainerV2_moe_DDP, network,
                           EveryOutputLoss(DistributedDiceCELoss(batch_dice=True), ds_weights(network)))
-    trainer.rank, trainer.local_rank, trainer.world_size = init_distributed()
+    trainer.rank, trainer.local_rank, trainer.world_size = join_cpu_group(rank, port)
     trainer.ddp, trainer._gradients_checked = DDP(trainer.network), False
-    data, targets = step_inputs(dim, 2 * WORLD)
-    half = slice(2 * rank, 2 * rank + 2)
     with without_gate_noise():
-        weights = one_step(trainer, data[half], [t[half] for t in targets])
+        weights = one_step(trainer, *rank_half(dim, rank))
     usage = trainer.epoch_entry()["usage"]  # all-reduced over the ranks
     if rank == 0:
         torch.save((weights, usage), results)
