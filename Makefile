@@ -71,7 +71,8 @@ EXPERTS ?=
 TOP_K ?=
 INFERENCE_TOP_K ?=
 LAMBDA_MAX ?=
-# the unlabelled term (empty: weak_strong, 0.95, the default strengths; see README)
+# the unlabelled term (empty: 0.95, the default strengths; see README); its kind is the trainer's
+# (MOE_TRAINER=nnUNetTrainerV2_moe_cps for cross pseudo-supervision; CONSISTENCY is only checked against it)
 CONSISTENCY ?=
 CONFIDENCE_THRESHOLD ?=
 PERTURBATION ?=
@@ -121,21 +122,24 @@ ifneq ($(strip $(NPROC_DA)),)
   export nnUNet_n_proc_DA := $(NPROC_DA)
 endif
 
+# the trainers' settings (nnunet/training/settings.py reads them; each model records them in its settings.json)
 export FINETUNE_LR := $(FINETUNE_LR)
 export MOE_NUM_EXPERTS := $(EXPERTS)
 export MOE_TOP_K := $(TOP_K)
 export MOE_INFERENCE_TOP_K := $(INFERENCE_TOP_K)
-export MOE_LAMBDA_MAX := $(LAMBDA_MAX)
-export MOE_WARMUP_EPOCHS := $(WARMUP_EPOCHS)
-export MOE_RAMPUP_EPOCHS := $(RAMPUP_EPOCHS)
 export MOE_BALANCE_ALPHA := $(BALANCE_ALPHA)
 export MOE_TRANSFER_NOISE := $(TRANSFER_NOISE)
-export CONSISTENCY := $(CONSISTENCY)
-export CONFIDENCE_THRESHOLD := $(CONFIDENCE_THRESHOLD)
+export CONSISTENCY_LAMBDA_MAX := $(LAMBDA_MAX)
+export CONSISTENCY_WARMUP_EPOCHS := $(WARMUP_EPOCHS)
+export CONSISTENCY_RAMPUP_EPOCHS := $(RAMPUP_EPOCHS)
+export CONSISTENCY_THRESHOLD := $(CONFIDENCE_THRESHOLD)
 export PERTURBATION := $(PERTURBATION)
 export SELFTRAIN_ROUNDS := $(SELFTRAIN_ROUNDS)
 export SELFTRAIN_THRESHOLD := $(SELFTRAIN_THRESHOLD)
 export MT_EMA_DECAY := $(EMA_DECAY)
+ifneq ($(strip $(CONSISTENCY)),)
+  export CONSISTENCY := $(CONSISTENCY)
+endif
 
 WORKFLOW_ARGS := --task $(TASK) --fold $(FOLD) --plans $(PLANS) --trainer $(TRAINER) $(if $(FORCE),--force)
 
@@ -176,13 +180,13 @@ help:
 ##   meanteacher 3d_fullres + EMA teacher, the MoE's weak-to-strong consistency without experts [EMA_DECAY=0.99
 ##               CONFIDENCE_THRESHOLD PERTURBATION LAMBDA_MAX WARMUP_EPOCHS RAMPUP_EPOCHS FINETUNE_LR EPOCHS FORCE=]
 ##   weights     baseline 3d_fullres checkpoint -> MoE initialisation [FOLD TRANSFER_NOISE=0.001 EXPERTS=3 TOP_K=2 FORCE=]
-##   semi        train nnUNetTrainerV2_moe from it, validate, Dice vs baseline [EXPERTS TOP_K CONSISTENCY=weak_strong|cps
-##               CONFIDENCE_THRESHOLD PERTURBATION LAMBDA_MAX WARMUP_EPOCHS RAMPUP_EPOCHS BALANCE_ALPHA FINETUNE_LR
+##   semi        train MOE_TRAINER (nnUNetTrainerV2_moe; nnUNetTrainerV2_moe_cps: cps) from it, validate, Dice vs
+##               baseline [EXPERTS TOP_K CONFIDENCE_THRESHOLD PERTURBATION LAMBDA_MAX WARMUP_EPOCHS RAMPUP_EPOCHS BALANCE_ALPHA FINETUNE_LR
 ##               EPOCHS ITERS VAL_ITERS SAVE_EVERY NPROC_PER_NODE NNODES FORCE=]
 ##   evaluate    every trained model segments the held-out test set (imagesTs/) into its folder; resumable
 ##               [FOLD TTA=1]
-##   predict     INPUT=<dir|file> OUTPUT=<dir> [MODEL=moe|fullres|lowres|ensemble FOLD INFERENCE_TOP_K TTA=1 GPUS=
-##               FORCE=]
+##   predict     INPUT=<dir|file> OUTPUT=<dir> [MODEL=moe|moe_cps|control|selftrain|meanteacher|fullres|lowres|ensemble
+##               FOLD INFERENCE_TOP_K TTA=1 GPUS= FORCE=]
 ##   gradcam     INPUT=<dir|file> OUTPUT=<dir> [MODEL=moe|fullres FOLD LAYER BACKEND=gcam|gcampp TTA=1 FORCE=]
 ##   report      lowres, fullres, ensemble, control and MoE compared from disk, on the test set (95% CIs, paired
 ##               differences) and the validation fold: Markdown, CSV, plots [FOLD REPORT_DIR=report NSD_TOLERANCE_MM=1.0]
@@ -190,7 +194,8 @@ help:
 ##               set held out), preprocess, train METHODS, segment the test set; results.csv/.md and a plot
 ##               [LABELED_FRACTIONS SEEDS TEST_FRACTION=0.2 EXPERIMENT_DIR=experiment
 ##               METHODS="fullres control selftrain meanteacher moe" (also moe_cps)
-##               PRESET= SIZE=gpu|cpu GPUS= EPOCHS FINETUNE_EPOCHS ITERS VAL_ITERS WARMUP_EPOCHS RAMPUP_EPOCHS]
+##               PRESET= SIZE=gpu|cpu GPUS= EPOCHS FINETUNE_EPOCHS ITERS VAL_ITERS WARMUP_EPOCHS RAMPUP_EPOCHS
+##               FORCE= (retrains the models trained with other settings)]
 ##   demo        synthetic download -> convert (test set held out) -> preprocess -> baseline -> control -> weights -> semi
 ##               -> evaluate -> predict -> gradcam -> report, on the CPU [DEMO_DIR=demo DEMO_CASES=40 DEMO_TEST_FRACTION=0.3]
 ##   test        pytest
@@ -286,7 +291,8 @@ experiment: setup
 		--seeds $(SEEDS) --methods $(METHODS) --size $(SIZE) $(if $(filter-out 0,$(TEST_FRACTION)),--test-fraction $(TEST_FRACTION)) \
 		$(if $(GPUS),--gpus $(GPUS)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(FINETUNE_EPOCHS),--finetune-epochs $(FINETUNE_EPOCHS)) \
 		$(if $(ITERS),--iterations $(ITERS)) $(if $(VAL_ITERS),--val-iterations $(VAL_ITERS)) \
-		$(if $(WARMUP_EPOCHS),--warmup-epochs $(WARMUP_EPOCHS)) $(if $(RAMPUP_EPOCHS),--rampup-epochs $(RAMPUP_EPOCHS))
+		$(if $(WARMUP_EPOCHS),--warmup-epochs $(WARMUP_EPOCHS)) $(if $(RAMPUP_EPOCHS),--rampup-epochs $(RAMPUP_EPOCHS)) \
+		$(if $(FORCE),--force)
 
 # ---------------------------------------------------------------- demo
 DEMO_ENV := nnUNet_raw_data_base=$(DEMO_DIR)/nnUNet_raw nnUNet_preprocessed=$(DEMO_DIR)/nnUNet_preprocessed \

@@ -14,8 +14,8 @@ from typing import Optional, Sequence
 
 from covidseg.core.distributed import add_launch_arguments, launch_from_arguments
 from covidseg.core.errors import WorkflowError, main_guard
-from covidseg.core.nnunet_runs import (add_validation_argument, print_and_save_dice_table, train_or_resume,
-                                      validation_dice)
+from covidseg.core.nnunet_runs import (add_training_arguments, add_validation_argument, print_and_save_dice_table,
+                                      train_or_resume, validation_dice)
 from covidseg.core.workspace import (add_model_arguments, configurations, ensemble_dir, ground_truth_dir, load_plans,
                                      run, task_name)
 
@@ -28,7 +28,7 @@ def ensemble(fullres: Path, lowres: Path, output: Path) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_model_arguments(parser, moe=False)
-    parser.add_argument("--force", action="store_true", help="retrain configurations that are already trained")
+    add_training_arguments(parser, "configurations that are already trained")
     parser.add_argument("--fullres-only", action="store_true",
                         help="train 3d_fullres only (no 3d_lowres, no ensemble): what `make experiment` compares")
     add_validation_argument(parser)
@@ -41,7 +41,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     trained = {}
     for configuration in ["3d_fullres"] if args.fullres_only else configurations(plans):
         trained[configuration] = train_or_resume(configuration, args.task, task, args.trainer, args.plans, args.fold,
-                                                 args.force, validate=not args.no_validation, launch=launch)
+                                                 args.force, validate=not args.no_validation, launch=launch,
+                                                 retrain_changed=args.retrain_changed)
     if "3d_lowres" not in trained and not args.fullres_only:
         print("NOTE: the plans have no 3d_lowres stage, so there is no lowres model and no ensemble; "
               "continuing with 3d_fullres only.")

@@ -1,26 +1,28 @@
 """`make evaluate`: segment the held-out test set (imagesTs/, `make convert TEST_FRACTION=...`) with every
 trained model, into the model folders:
 
-    <model fold folder>/test_predictions/<case>.nii.gz     lowres, fullres, control, moe (nnUNet_predict)
+    <model fold folder>/test_predictions/<case>.nii.gz     every trained model of covidseg.core.methods.METHODS
+                                                            (nnUNet_predict)
     <ensemble folder>/test_predictions/<case>.nii.gz        lowres + fullres softmax averaged (nnUNet_ensemble)
+    .../test_predictions/made_by.json                       the checkpoint(s) that made them
 
-`--extra-model NAME=TRAINER` adds another 3d_fullres model of the task (e.g. `selftrain=nnUNetTrainerV2_selftrain`;
-`make experiment` passes its methods this way). A model that is not trained is skipped; a case already segmented
-is not segmented again, so an interrupted run
-resumes. Prints each model's mean test Dice; `make report` gives the full test-set comparison.
+`--extra-model NAME=TRAINER` adds another 3d_fullres model of the task (a trainer outside the registry). A model
+that is not trained is skipped; a case already segmented by the model's current checkpoint is not segmented again,
+so an interrupted run resumes; predictions another checkpoint made (the model was trained again), made with other
+test-time augmentation, or that do not read in full are segmented again, and an ensemble is made again when a
+member's predictions changed (covidseg.evaluation.prediction_records). Prints each model's mean test Dice;
+`make report` gives the full test-set comparison.
 """
 import argparse
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 from covidseg.core.errors import WorkflowError, main_guard
+from covidseg.core.methods import METHODS, Method
 from covidseg.core.nnunet_runs import nnunet_predict, print_and_save_dice_table, validation_dice
-from covidseg.core.workspace import (ENSEMBLE, add_model_arguments, model_dir, model_folders, run, task_name,
-                                     test_images_dir, test_labels_dir, test_predictions_dir)
-
-# name -> (configuration, which trainer argument); the ensemble is made from lowres and fullres
-PREDICTED = {"lowres": ("3d_lowres", "trainer"), "fullres": ("3d_fullres", "trainer"),
-             "control": ("3d_fullres", "control_trainer"), "moe": ("3d_fullres", "moe_trainer")}
+from covidseg.core.workspace import (add_model_arguments, model_dir, model_folders, run, task_name, test_images_dir,
+                                     test_labels_dir, test_predictions_dir)
+from covidseg.evaluation.prediction_records import ensemble_record, model_record, prepare_folder, read_record
 
 
 def test_cases(task: str) -> Sequence[str]:
@@ -32,20 +34,46 @@ def test_cases(task: str) -> Sequence[str]:
     return cases
 
 
-def extra_models(entries: Sequence[str]) -> Dict[str, str]:
-    """'NAME=TRAINER' entries -> {NAME: TRAINER}; a name of the standard models or a malformed entry is an error."""
+def extra_models(entries: Sequence[str]) -> Dict[str, Method]:
+    """'NAME=TRAINER' entries -> {NAME: a 3d_fullres method of that trainer}; a registered name or a malformed
+    entry is an error."""
     models = {}
     for entry in entries:
         name, _, trainer = entry.partition("=")
-        if not name or not trainer or name in PREDICTED or name == ENSEMBLE:
+        if not name or not trainer or name in METHODS:
             raise WorkflowError(f"--extra-model {entry!r}: expected NAME=TRAINER with a NAME other than "
-                                f"{', '.join(list(PREDICTED) + [ENSEMBLE])}")
-        models[name] = trainer
+                                f"{', '.join(METHODS)}")
+        models[name] = Method(name, f"3d_fullres {trainer}", trainer, f"nnUNet_train 3d_fullres {trainer}")
     return models
 
 
 def missing_cases(folder: Path, cases: Sequence[str]) -> Sequence[str]:
     return [c for c in cases if not (folder / f"{c}.nii.gz").is_file()]
+
+
+def segment_test_set(name: str, method: Method, folder: Path, task: str, args, cases: Sequence[str],
+                     npz: bool) -> None:
+    """The model's segmentation of every test case, by its current checkpoint (covidseg.evaluation.
+    prediction_records): what another checkpoint made, or what does not read in full, is segmented again."""
+    output = test_predictions_dir(folder)
+    prepare_folder(output, model_record(folder, tta=not args.disable_tta), name)
+    todo = missing_cases(output, cases)
+    if npz:  # the ensemble needs every member's softmax
+        todo = [c for c in cases if c in todo or not (output / f"{c}.npz").is_file()]
+    print(f"{name}: {len(cases) - len(todo)} of {len(cases)} test case(s) segmented already by its current "
+          f"checkpoint", flush=True)
+    if todo:
+        nnunet_predict(test_images_dir(task), output, args.task, method.configuration, method.trainer_for(args),
+                       args.plans, args.fold, npz=npz, tta=not args.disable_tta)
+
+
+def ensemble_test_set(name: str, folder: Path, members: Dict[str, Path], cases: Sequence[str]) -> None:
+    """nnUNet_ensemble of the members' test softmax; made again when a member's predictions changed."""
+    output = test_predictions_dir(folder)
+    prepare_folder(output, ensemble_record({m: read_record(test_predictions_dir(f)) for m, f in members.items()}),
+                   name)
+    if missing_cases(output, cases):
+        run(["nnUNet_ensemble", "-f", *[str(test_predictions_dir(f)) for f in members.values()], "-o", str(output)])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -59,31 +87,20 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     task = task_name(args.task)
     cases = test_cases(task)
-    folders = model_folders(task, args.plans, args.fold, args.trainer, args.control_trainer, args.moe_trainer)
-    folders.update({name: model_dir("3d_fullres", task, trainer, args.plans, args.fold)
-                    for name, trainer in extra.items()})
-    trained = {name: folders[name] for name in list(PREDICTED) + list(extra)
-               if (folders[name] / "model_final_checkpoint.model").is_file()}
+    methods = {**METHODS, **extra}
+    folders = model_folders(task, args.plans, args.fold, args)
+    folders.update({name: model_dir("3d_fullres", task, m.trainer, args.plans, args.fold) for name, m in extra.items()})
+    trained = {name: folders[name] for name, m in methods.items()
+               if not m.is_ensemble and (folders[name] / "model_final_checkpoint.model").is_file()}
     if not trained:
         raise WorkflowError(f"no trained model of {task} fold {args.fold}: run 'make baseline' first")
-    ensemble = "lowres" in trained and "fullres" in trained
+    ensembles = {name: m for name, m in methods.items() if m.is_ensemble and all(x in trained for x in m.members)}
+    ensemble_members = {member for m in ensembles.values() for member in m.members}
     for name, folder in trained.items():
-        output = test_predictions_dir(folder)
-        todo = missing_cases(output, cases)
-        print(f"{name}: {len(cases) - len(todo)} of {len(cases)} test case(s) segmented already", flush=True)
-        if todo:
-            configuration, trainer_argument = PREDICTED.get(name, ("3d_fullres", None))
-            trainer = extra[name] if name in extra else getattr(args, trainer_argument)
-            nnunet_predict(test_images_dir(task), output, args.task, configuration, trainer,
-                           args.plans, args.fold, npz=ensemble and name in ("lowres", "fullres"),
-                           tta=not args.disable_tta)
-    if ensemble:
-        output = test_predictions_dir(folders[ENSEMBLE])
-        if missing_cases(output, cases):
-            output.mkdir(parents=True, exist_ok=True)
-            run(["nnUNet_ensemble", "-f", str(test_predictions_dir(trained["lowres"])),
-                 str(test_predictions_dir(trained["fullres"])), "-o", str(output)])
-        trained[ENSEMBLE] = folders[ENSEMBLE]
+        segment_test_set(name, methods[name], folder, task, args, cases, npz=name in ensemble_members)
+    for name, method in ensembles.items():
+        ensemble_test_set(name, folders[name], {m: trained[m] for m in method.members}, cases)
+        trained[name] = folders[name]
 
     results: Dict[str, Dict[str, float]] = {}
     for name in folders:  # report order

@@ -17,9 +17,14 @@ while the unlabelled pool and the test set span all sites: the case where unlabe
 should help.
 
 Every stage skips what is finished (a converted and preprocessed run, a trained model, a segmented case) and an
-interrupted training resumes, so calling it again continues where it stopped. With --gpus, independent runs go
-in parallel, one per GPU (CUDA_VISIBLE_DEVICES); without, one after another. Each run logs its commands'
-output to <run>/log.txt.
+interrupted training resumes, so calling it again continues where it stopped. A model trained with other settings
+than those asked for now (another budget, another MoE setting: its settings.json) is refused, naming the settings;
+FORCE=1 (--force) trains such models again, and only those. results.md states each method's budget and settings as
+its models record them, and test predictions are scored only when their model's current checkpoint made them.
+All methods of a run share one RESULTS_FOLDER (<run>/results), each in its trainer's folder.
+
+With --gpus, independent runs go in parallel, one per GPU (CUDA_VISIBLE_DEVICES); without, one after another.
+Each run logs its commands' output to <run>/log.txt.
 """
 import argparse
 import csv
@@ -40,16 +45,17 @@ matplotlib.use("agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from covidseg.core.errors import WorkflowError, main_guard, translate_errors  # noqa: E402
-from covidseg.core.methods import METHODS, Method, resolve  # noqa: E402
+from covidseg.core.methods import EXPERIMENT_METHODS, METHODS, Method, resolve  # noqa: E402
+from covidseg.core.provenance import budget_line, read_record, settings_line  # noqa: E402
 from covidseg.core.workspace import fold_folder  # noqa: E402
 from covidseg.evaluation import held_out  # noqa: E402
 from covidseg.evaluation.metrics import CaseFileError, CaseMetrics, metrics_per_case  # noqa: E402
+from covidseg.evaluation.prediction_records import model_record, verify_folder  # noqa: E402
 
 TASK_ID, TASK = 200, "Task200_COVID_19_20"
 FOLD = "all"
 BASE_TRAINER = METHODS["fullres"].trainer
 TRAINING_COMMANDS = ("baseline", "control", "semi", "selftrain", "meanteacher")
-STANDARD_TRAINERS = (BASE_TRAINER, METHODS["control"].trainer, METHODS["moe"].trainer)  # evaluate knows these
 
 
 @dataclass(frozen=True)
@@ -111,11 +117,14 @@ class Run:
     def raw_task(self) -> Path:
         return self.folder / "raw" / "nnUNet_raw_data" / TASK
 
-    def results(self, method: Method) -> Path:
-        return self.folder / "results" / method.name
+    @property
+    def results(self) -> Path:
+        """The run's RESULTS_FOLDER: every method's model in its trainer's folder, as nnU-Net names them."""
+        return self.folder / "results"
 
     def model(self, method: Method, plans: str) -> Path:
-        return self.results(method) / "nnUNet" / "3d_fullres" / TASK / f"{method.trainer}__{plans}" / fold_folder(FOLD)
+        return (self.results / "nnUNet" / method.configuration / TASK / f"{method.trainer}__{plans}"
+                / fold_folder(FOLD))
 
 
 def runs_of(folder: Path, fractions: Sequence[float], seeds: Sequence[int]) -> List[Run]:
@@ -126,9 +135,9 @@ class Runner:
     """Runs the workflow's commands for one run, each in the run's folders, logging to <run>/log.txt."""
 
     def __init__(self, run: Run, budget: Budget, download: Path, test_fraction: float, gpu: Optional[str] = None,
-                 preset: Optional[Preset] = None):
+                 preset: Optional[Preset] = None, retrain_changed: bool = False):
         self.run, self.budget, self.download, self.test_fraction, self.gpu = run, budget, download, test_fraction, gpu
-        self.preset = preset
+        self.preset, self.retrain_changed = preset, retrain_changed
         self.log = run.folder / "log.txt"
 
     def say(self, message: str) -> None:
@@ -138,13 +147,12 @@ class Runner:
         budget, env = self.budget, dict(os.environ)
         epochs = budget.finetune_epochs if method is not None and method.finetunes else budget.epochs
         settings = {"nnUNet_raw_data_base": self.run.folder / "raw",
-                    "nnUNet_preprocessed": self.run.folder / "preprocessed",
-                    "RESULTS_FOLDER": self.run.results(method) if method else self.run.folder / "results",
+                    "nnUNet_preprocessed": self.run.folder / "preprocessed", "RESULTS_FOLDER": self.run.results,
                     "nnUNet_max_num_epochs": epochs, "nnUNet_num_batches_per_epoch": budget.iterations,
                     "nnUNet_num_val_batches_per_epoch": budget.val_iterations,
-                    "MOE_WARMUP_EPOCHS": budget.warmup_epochs, "MOE_RAMPUP_EPOCHS": budget.rampup_epochs}
+                    "CONSISTENCY_WARMUP_EPOCHS": budget.warmup_epochs,
+                    "CONSISTENCY_RAMPUP_EPOCHS": budget.rampup_epochs}
         env.update({k: "" if v is None else str(v) for k, v in settings.items()})
-        env.update(method.environment if method else {})
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         if self.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = self.gpu
@@ -162,12 +170,15 @@ class Runner:
             raise WorkflowError(f"{self.run.name}: 'python -m covidseg.{name}' failed (exit {result.returncode}); "
                                 f"the run's log is {self.log}; its end:\n    " + "\n    ".join(tail))
 
-    def model_arguments(self, command: str) -> List[str]:
+    def model_arguments(self, command: str, method: Optional[Method] = None) -> List[str]:
         args = ["--task", str(TASK_ID), "--fold", FOLD, "--plans", self.budget.plans, "--trainer", BASE_TRAINER]
         if command == "baseline":
             args += ["--fullres-only"]
-        else:
-            args += ["--moe-trainer", METHODS["moe"].trainer, "--control-trainer", METHODS["control"].trainer]
+        else:  # the MoE variants (moe_cps) train their own trainer through `weights` and `semi`
+            moe = method if method is not None and "semi" in method.commands else METHODS["moe"]
+            args += ["--moe-trainer", moe.trainer, "--control-trainer", METHODS["control"].trainer]
+        if command in TRAINING_COMMANDS + ("weights",) and self.retrain_changed:
+            args += ["--retrain-changed"]
         # fold `all` validates on its own training cases: the held-out test set does the evaluating
         return args + (["--no-validation"] if command in TRAINING_COMMANDS else [])
 
@@ -200,30 +211,27 @@ class Runner:
                      self.budget.plans, "--tl", processes, "--tf", processes, "--force")
         done.write_text("preprocessing finished\n")
 
-    def link_required_models(self, method: Method) -> None:
-        """A method that starts from another's model sees it in its own RESULTS_FOLDER (a link)."""
-        for name in method.requires:
-            required = METHODS[name]
-            source = self.run.model(required, self.budget.plans).parent  # <trainer>__<plans>
-            link = self.run.results(method) / source.relative_to(self.run.results(required))
-            if not link.exists():
-                link.parent.mkdir(parents=True, exist_ok=True)
-                link.symlink_to(source.resolve(), target_is_directory=True)
+    def note_earlier_layout(self) -> None:
+        """Runs made before one RESULTS_FOLDER per run kept each method's models in results/<method>/."""
+        earlier = [p for p in self.run.results.glob("*/nnUNet") if p.parent.name in METHODS]
+        if earlier:
+            self.say(f"NOTE: {', '.join(str(p.parent) for p in earlier)} hold models of the earlier per-method layout; "
+                     f"they are not used (the methods train into {self.run.results / 'nnUNet'}); remove them")
 
     def train_and_evaluate(self, method: Method) -> None:
-        self.link_required_models(method)
         finished = (self.run.model(method, self.budget.plans) / "model_final_checkpoint.model").is_file()
-        self.say(f"{method.name}: {'trained' if finished else 'training'} ({', '.join(method.commands)})")
+        self.say(f"{method.name}: {'trained, checking its settings' if finished else 'training'} "
+                 f"({', '.join(method.commands)})")
         for command in method.commands:
-            self.command(command, *self.model_arguments(command), method=method)
+            self.command(command, *self.model_arguments(command, method), method=method)
         self.say(f"{method.name}: segmenting the test set")
-        extra = [] if method.trainer in STANDARD_TRAINERS else ["--extra-model", f"{method.name}={method.trainer}"]
         self.command("evaluate", *self.model_arguments("evaluate"), *([] if self.budget.tta else ["--disable-tta"]),
-                     *extra, method=method)
+                     method=method)
 
     def all_stages(self, methods: Sequence[Method]) -> None:
         self.convert()
         self.preprocess()
+        self.note_earlier_layout()
         for method in methods:
             self.train_and_evaluate(method)
         self.say("done")
@@ -237,7 +245,9 @@ def collect(runs: Sequence[Run], methods: Sequence[Method], plans: str) -> List[
     for run in runs:
         labels = run.raw_task / "labelsTs"
         for method in methods:
-            predictions = run.model(method, plans) / "test_predictions"
+            model = run.model(method, plans)
+            predictions = model / "test_predictions"
+            verify_folder(predictions, model_record(model, tta=True), f"{run.name} {method.name}", "make experiment")
             with translate_errors(CaseFileError, context=f"{run.name}: cannot score {method.name}"):
                 scores = metrics_per_case(predictions, labels)
             for case, m in sorted(scores.items()):
@@ -269,23 +279,35 @@ def scores_by_method(rows: List[dict], fraction: float) -> Dict[str, Dict[str, C
 ScoresByFraction = Dict[float, Dict[str, Dict[str, CaseMetrics]]]  # fraction -> method -> '<seed>/<case>' -> metrics
 
 
-def results_markdown(scores: ScoresByFraction, seeds: Sequence[int], budget: Budget, size: str,
-                     test_fraction: float, methods: Sequence[Method], preset: Optional[Preset] = None) -> List[str]:
-    def length(epochs: Optional[int]) -> str:
-        return f"{epochs if epochs is not None else 'default'} epochs x {budget.iterations or 'default'} iterations"
+def recorded_budgets(runs: Sequence[Run], methods: Sequence[Method], plans: str) -> Dict[str, Dict[str, str]]:
+    """method -> 'budget' and 'settings', as the runs' models' settings.json record them (the distinct values over
+    the runs, joined by ' | ' when runs differ)."""
+    recorded = {}
+    for method in methods:
+        records = [read_record(run.model(method, plans)) for run in runs]
+        budgets = list(dict.fromkeys(budget_line(r) for r in records))
+        settings = list(dict.fromkeys(settings_line(r) for r in records))
+        recorded[method.name] = {"budget": " | ".join(budgets), "settings": " | ".join(settings)}
+    return recorded
 
+
+def results_markdown(scores: ScoresByFraction, seeds: Sequence[int], size: str, planner: str, test_fraction: float,
+                     methods: Sequence[Method], recorded: Dict[str, Dict[str, str]],
+                     preset: Optional[Preset] = None) -> List[str]:
     lines = ["# Experiment: test-set results per labelled fraction", "",
-             f"- SIZE={size} (planner {budget.planner}); test fraction {test_fraction:g}; seeds {list(seeds)}"
+             f"- SIZE={size} (planner {planner}); test fraction {test_fraction:g}; seeds {list(seeds)}"
              + (f"; preset: {preset.description}" if preset else ""),
-             f"- budgets: fullres {length(budget.epochs)}; "
-             f"{', '.join(m.name for m in methods if m.finetunes) or 'no other method'} "
-             f"{length(budget.finetune_epochs)} more each, from the fullres weights",
              "- methods: " + "; ".join(f"{m.name} ({m.description})" for m in methods),
              "- confidence intervals: 95% bootstrap over the test cases with a lesion, pooled over seeds "
-             "(each seed has its own test set); paired differences on the same (seed, case)", ""]
+             "(each seed has its own test set); paired differences on the same (seed, case)", "",
+             "Budgets and settings as the models' settings.json record them (over all runs; the methods after "
+             "fullres continue its weights):", "", "| method | budget | settings |", "|---|---|---|"]
+    lines += [f"| {m.name} | {recorded[m.name]['budget']} | {recorded[m.name]['settings']} |" for m in methods]
+    lines.append("")
+    budgets = {name: r["budget"] for name, r in recorded.items()}
     for fraction, by_method in scores.items():
         if by_method:
-            lines += [f"## Labelled fraction {fraction:g}", ""] + held_out.markdown(by_method, 1.0) + [""]
+            lines += [f"## Labelled fraction {fraction:g}", ""] + held_out.markdown(by_method, 1.0, budgets) + [""]
     return lines
 
 
@@ -327,9 +349,12 @@ def parse_arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--methods", nargs="+", default=["fullres", "control", "selftrain", "meanteacher", "moe"],
-                        help=", ".join(METHODS))
+                        help=", ".join(EXPERIMENT_METHODS))
     parser.add_argument("--size", choices=sorted(SIZES), default="gpu")
     parser.add_argument("--gpus", nargs="*", default=[], help="GPU ids: runs in parallel, one per GPU")
+    parser.add_argument("--force", action="store_true",
+                        help="train again every model trained with other settings than those asked for now (without "
+                             "it such a model is refused, naming the settings)")
     for option in ("epochs", "finetune-epochs", "iterations", "val-iterations", "warmup-epochs", "rampup-epochs"):
         parser.add_argument(f"--{option}", type=int, default=None, help="overrides SIZE's setting")
     return parser.parse_args(argv)
@@ -357,7 +382,8 @@ def run_all(runs: Sequence[Run], methods: Sequence[Method], args: argparse.Names
     preset = PRESETS[args.preset] if args.preset else None
     if not args.gpus:
         for run in runs:
-            Runner(run, budget, args.download, args.test_fraction, preset=preset).all_stages(methods)
+            Runner(run, budget, args.download, args.test_fraction, preset=preset,
+                   retrain_changed=args.force).all_stages(methods)
         return
     free: "queue.Queue[str]" = queue.Queue()
     for gpu in args.gpus:
@@ -366,7 +392,7 @@ def run_all(runs: Sequence[Run], methods: Sequence[Method], args: argparse.Names
     def on_a_free_gpu(run: Run) -> None:
         gpu = free.get()
         try:
-            Runner(run, budget, args.download, args.test_fraction, gpu, preset).all_stages(methods)
+            Runner(run, budget, args.download, args.test_fraction, gpu, preset, args.force).all_stages(methods)
         finally:
             free.put(gpu)
 
@@ -403,8 +429,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     rows = collect(runs, methods, budget.plans)
     write_results_csv(rows, args.dir / "results.csv")
     scores = {fraction: scores_by_method(rows, fraction) for fraction in fractions}
-    lines = results_markdown(scores, seeds, budget, args.size, args.test_fraction, methods,
-                             PRESETS.get(args.preset))
+    lines = results_markdown(scores, seeds, args.size, budget.planner, args.test_fraction, methods,
+                             recorded_budgets(runs, methods, budget.plans), PRESETS.get(args.preset))
     plot_dice_vs_fraction(scores, methods, args.dir / "dice_vs_labeled_fraction.png")
     lines += ["![dice_vs_labeled_fraction.png](dice_vs_labeled_fraction.png)", ""]
     (args.dir / "results.md").write_text("\n".join(lines))

@@ -8,37 +8,36 @@ that name, and each segmentation is written as <case>.nii.gz, where <case> is th
 
 GPUS="0 1 ...": the inputs are split over one nnUNet_predict process per GPU (nnU-Net's --part_id / --num_parts).
 
-MODEL: moe (nnUNetTrainerV2_moe, 3d_fullres), fullres, lowres (nnUNetTrainerV2), or ensemble
-(fullres + lowres, averaged softmax through nnUNet_ensemble). Existing segmentations in OUTPUT are not
-overwritten without --force.
+MODEL: any trained model of the method registry (covidseg.core.methods.METHODS): moe, moe_cps, control, selftrain,
+meanteacher, fullres, lowres, or ensemble (fullres + lowres, averaged softmax through nnUNet_ensemble). Existing
+segmentations in OUTPUT are not overwritten without --force.
 """
 import argparse
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from covidseg.core.errors import WorkflowError, main_guard
+from covidseg.core.methods import METHODS, Method
 from covidseg.core.nnunet_runs import nnunet_predict
 from covidseg.core.workspace import add_model_arguments, run, task_name, trained_model_dir
 from covidseg.data.ct_inputs import collect_inputs, ensure_writable, refuse_overwrite
 
-MODELS = {"moe": [("3d_fullres", "moe")], "fullres": [("3d_fullres", "baseline")],
-          "lowres": [("3d_lowres", "baseline")], "ensemble": [("3d_fullres", "baseline"), ("3d_lowres", "baseline")]}
-
-
-def check_models(task: str, model: str, args) -> List[Path]:
-    return [trained_model_dir(configuration, task, args.moe_trainer if kind == "moe" else args.trainer, args.plans,
-                              args.fold, "make semi" if kind == "moe" else "make baseline")
-            for configuration, kind in MODELS[model]]
+def check_models(task: str, method: Method, args) -> List[Tuple[Method, Path]]:
+    """(method, fold folder) of each model that segments: the method's own, or an ensemble's members; a WorkflowError
+    names the make target when one is not trained."""
+    parts = [METHODS[m] for m in method.members] if method.is_ensemble else [method]
+    return [(m, trained_model_dir(m.configuration, task, m.trainer_for(args), args.plans, args.fold, m.make_target))
+            for m in parts]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", type=Path, required=True)
     parser.add_argument("--output", type=Path, required=True)
-    parser.add_argument("--model", choices=sorted(MODELS), default="moe")
+    parser.add_argument("--model", choices=list(METHODS), default="moe")
     add_model_arguments(parser)
     parser.add_argument("--disable-tta", action="store_true", help="no mirroring at test time (8x faster in 3D)")
     parser.add_argument("--force", action="store_true")
@@ -47,7 +46,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parser.parse_args(argv)
 
     task = task_name(args.task)
-    folders = check_models(task, args.model, args)
+    method = METHODS[args.model]
+    models = check_models(task, method, args)
     inputs = collect_inputs(args.input)
     if not args.force:
         refuse_overwrite([c for c in inputs if (args.output / f"{c}.nii.gz").exists()], args.output)
@@ -58,21 +58,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         staged.mkdir()
         for case, path in inputs.items():
             os.symlink(path.resolve(), staged / f"{case}_0000.nii.gz")
-        if args.model == "ensemble":
-            parts = []
-            for folder, (configuration, _) in zip(folders, MODELS["ensemble"]):
-                part = Path(tmp) / configuration
-                nnunet_predict(staged, part, args.task, configuration, args.trainer, args.plans, args.fold, npz=True,
-                               tta=not args.disable_tta, gpus=args.gpus)
-                parts.append(str(part))
+        parts = []
+        for part_method, _folder in models:
+            part = Path(tmp) / part_method.name
+            nnunet_predict(staged, part, args.task, part_method.configuration, part_method.trainer_for(args),
+                           args.plans, args.fold, npz=method.is_ensemble, tta=not args.disable_tta, gpus=args.gpus)
+            parts.append(part)
+        result = parts[0]
+        if method.is_ensemble:
             result = Path(tmp) / "ensemble"
-            run(["nnUNet_ensemble", "-f", *parts, "-o", str(result)])
-        else:
-            configuration, kind = MODELS[args.model][0]
-            result = Path(tmp) / "result"
-            nnunet_predict(staged, result, args.task, configuration,
-                           args.moe_trainer if kind == "moe" else args.trainer, args.plans, args.fold, npz=False,
-                           tta=not args.disable_tta, gpus=args.gpus)
+            run(["nnUNet_ensemble", "-f", *map(str, parts), "-o", str(result)])
         for case in inputs:
             produced = result / f"{case}.nii.gz"
             if not produced.is_file():

@@ -4,7 +4,8 @@ Reads every model's predictions (nothing is retrained), computes per-case metric
 physical space (covidseg.evaluation.metrics: Dice, NSD at a tolerance, HD95 in mm, volume error in ml) and
 writes into the report folder:
 
-    report.md               header (task, fractions, case counts, training budgets), then
+    report.md               header (task, fractions, case counts, each model's budget and settings from its
+                            settings.json), then
                             "Test set": the held-out cases that `make evaluate` segmented, with 95% bootstrap
                             CIs and paired differences (covidseg.evaluation.held_out), when there is a test set;
                             "Validation": the fold's validation cases, as nnU-Net's training validated them
@@ -17,7 +18,9 @@ writes into the report folder:
     overlay_<case>.png      the validation cases where MoE and baseline differ most: CT, reference, both contours
 
 A model that does not exist is listed as missing; one whose predictions miss cases the others have is
-reported with the cases it lacks.
+reported with the cases it lacks. Test predictions that the model's current checkpoint did not make (their
+made_by.json, covidseg.evaluation.prediction_records) are refused, naming the model and 'make evaluate'; a
+comparison of two models trained with different budgets carries a warning line.
 """
 import argparse
 import csv
@@ -32,26 +35,18 @@ matplotlib.use("agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
-import torch  # noqa: E402
 
 from covidseg.core.challenge import LESION_LABEL  # noqa: E402
 from covidseg.core.errors import WorkflowError, main_guard, translate_errors  # noqa: E402
-from covidseg.core.workspace import (ENSEMBLE, add_model_arguments, ground_truth_dir, model_folders,  # noqa: E402
-                                     raw_data_dir, task_name, test_labels_dir, test_predictions_dir,
-                                     validation_predictions_dir)
+from covidseg.core.methods import METHODS  # noqa: E402
+from covidseg.core.provenance import budget_line, read_record, settings_line, start_line  # noqa: E402
+from covidseg.core.workspace import (add_model_arguments, ground_truth_dir, model_folders, raw_data_dir,  # noqa: E402
+                                     task_name, test_labels_dir, test_predictions_dir, validation_predictions_dir)
 from covidseg.data.ct_inputs import LUNG_WINDOW  # noqa: E402
 from covidseg.evaluation import held_out  # noqa: E402
 from covidseg.evaluation.metrics import CaseFileError, CaseMetrics, metrics_per_case  # noqa: E402
-
-
-def training_length(model: Path) -> str:
-    if not (model / "model_final_checkpoint.model").is_file():
-        return "-"
-    epochs = torch.load(model / "model_final_checkpoint.model", map_location="cpu", weights_only=False)["epoch"]
-    iterations = "?"
-    if (model / "debug.json").is_file():
-        iterations = json.loads((model / "debug.json").read_text()).get("num_batches_per_epoch", "?")
-    return f"{epochs} epochs x {iterations} iterations"
+from covidseg.evaluation.prediction_records import (CHECKPOINT, ensemble_record, model_record,  # noqa: E402
+                                                    verify_folder)
 
 
 def mean(values: List[float]) -> float:
@@ -79,10 +74,41 @@ def header(task: str, fold, folders: Dict[str, Path]) -> List[str]:
              f"- labelled cases: {dataset.get('numTraining', '?')}; unlabelled cases: "
              f"{dataset.get('numUnlabeled', len(dataset.get('unlabeled', [])))}; held-out test cases: "
              f"{dataset.get('numTest', 0)}"]
+    lines += ["", "Models, as their settings.json records them (budget: epochs x iterations per epoch, initial "
+              "learning rate; the trainer's own settings by name):", "",
+              "| model | trainer | budget | started | settings | workspace commit |", "|---|---|---|---|---|---|"]
     for name, folder in folders.items():
-        if name != ENSEMBLE:
-            lines.append(f"- training of {name}: {training_length(folder)}")
+        if METHODS[name].is_ensemble or not (folder / "model_final_checkpoint.model").is_file():
+            continue
+        record = read_record(folder)
+        commit = (record or {}).get("software", {}).get("workspace", {}).get("commit", "-")
+        lines.append(f"| {name} | {folder.parent.name.split('__')[0]} | {budget_line(record)} | {start_line(record)} "
+                     f"| {settings_line(record)} | {commit[:12]} |")
     return lines
+
+
+def model_budgets(folders: Dict[str, Path]) -> Dict[str, str]:
+    """model -> its recorded budget, for the comparisons' warnings (an ensemble: its members' budget)."""
+    budgets = {name: budget_line(read_record(folder)) for name, folder in folders.items()
+               if not METHODS[name].is_ensemble and read_record(folder) is not None}
+    for name, method in METHODS.items():
+        members = {budgets.get(m) for m in method.members}
+        if method.is_ensemble and len(members) == 1 and None not in members:
+            budgets[name] = members.pop()
+    return budgets
+
+
+def expected_test_record(name: str, folders: Dict[str, Path]) -> dict:
+    """The checkpoint(s) the model's test predictions must come from (covidseg.evaluation.prediction_records)."""
+    method = METHODS[name]
+    parts = method.members if method.is_ensemble else (name,)
+    for part in parts:
+        if not (folders[part] / CHECKPOINT).is_file():
+            raise WorkflowError(f"the {name} model's test predictions cannot be scored: {folders[part]} holds no "
+                                f"{CHECKPOINT} (run '{METHODS[part].make_target}', then 'make evaluate')")
+    if method.is_ensemble:
+        return ensemble_record({m: model_record(folders[m], tta=True) for m in method.members})
+    return model_record(folders[name], tta=True)
 
 
 def markdown_table(summaries: Dict[str, dict], missing: List[str], lacking: Dict[str, List[str]],
@@ -220,13 +246,17 @@ def held_out_section(task: str, folders: Dict[str, Path], tolerance_mm: float,
     labels = test_labels_dir(task)
     if not labels.is_dir() or not any(labels.glob("*.nii.gz")):
         return [], []
+    for name, folder in folders.items():
+        predictions = test_predictions_dir(folder)
+        if predictions.is_dir() and any(predictions.glob("*.nii.gz")):
+            verify_folder(predictions, expected_test_record(name, folders), name)
     scores, missing = score(folders, lambda _name, folder: test_predictions_dir(folder), labels, tolerance_mm,
                             "test")
     n_cases = len(list(labels.glob("*.nii.gz")))
     lines = ["## Test set", "", f"{n_cases} held-out case(s) with labels, never trained on (labelsTs/)."]
     if not scores:
         return lines + ["", "No model has segmented them yet: run 'make evaluate'."], []
-    lines += [""] + held_out.markdown(scores, tolerance_mm) + [""]
+    lines += [""] + held_out.markdown(scores, tolerance_mm, model_budgets(folders)) + [""]
     lines += [f"- {name}: not evaluated on the test set (run 'make evaluate')" for name in missing]
     lines += [f"- {name}: segmented {len(s)} of {n_cases} test cases" for name, s in scores.items()
               if len(s) != n_cases]
@@ -252,7 +282,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     references = ground_truth_dir(task)
     if not references.is_dir():
         raise WorkflowError(f"no reference segmentations in {references}: run 'make preprocess' first")
-    folders = model_folders(task, args.plans, args.fold, args.trainer, args.control_trainer, args.moe_trainer)
+    folders = model_folders(task, args.plans, args.fold, args)
     scores, missing = score(folders, validation_predictions_dir, references, args.tolerance_mm, "validation")
     if not scores:
         raise WorkflowError(f"no model of {task} fold {args.fold} has validation predictions: run 'make baseline'")

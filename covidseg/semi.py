@@ -11,15 +11,16 @@ from typing import Optional, Sequence
 
 from covidseg.core.distributed import add_launch_arguments, launch_from_arguments
 from covidseg.core.errors import WorkflowError, main_guard
-from covidseg.core.nnunet_runs import add_validation_argument, print_validation_table, train_or_resume
-from covidseg.core.workspace import (add_model_arguments, ground_truth_dir, load_plans, model_dir, moe_init_file,
+from covidseg.core.nnunet_runs import (add_training_arguments, add_validation_argument, print_validation_table,
+                                      train_or_resume)
+from covidseg.core.workspace import (add_model_arguments, ground_truth_dir, load_plans, model_folders, moe_init_file,
                                      task_name)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_model_arguments(parser)
-    parser.add_argument("--force", action="store_true", help="retrain the MoE from its initialisation")
+    add_training_arguments(parser, "the MoE from its initialisation")
     add_validation_argument(parser)
     add_launch_arguments(parser)
     args = parser.parse_args(argv)
@@ -31,12 +32,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         raise WorkflowError(f"no MoE initialisation {init}: run 'make weights' first")
     moe = train_or_resume("3d_fullres", args.task, task, args.moe_trainer, args.plans, args.fold, args.force,
                           first_start_args=["-pretrained_weights", str(init)], validate=not args.no_validation,
-                          launch=launch_from_arguments(args))
+                          launch=launch_from_arguments(args), initialised_from=init,
+                          retrain_changed=args.retrain_changed)
     if args.no_validation:
         return
 
-    models = {"fullres": model_dir("3d_fullres", task, args.trainer, args.plans, args.fold),
-              "control": model_dir("3d_fullres", task, args.control_trainer, args.plans, args.fold), "moe": moe}
+    models = {name: model_folders(task, args.plans, args.fold, args)[name] for name in ("fullres", "control")}
+    models["moe"] = moe
     print_validation_table(models, ground_truth_dir(task), "moe",
                            moe.parent / f"moe_vs_baseline_dice_fold_{args.fold}.csv")
 

@@ -19,7 +19,8 @@ TINY = PhantomSettings(xy_range=(56, 64), z_range=(18, 22), spacing_xy_range=(4.
 WORKFLOW_PHANTOMS = PhantomSettings(xy_range=(100, 108), z_range=(32, 36), spacing_xy_range=(2.9, 3.1))
 TASK, FOLD, PLANS, TRAINER, MOE_TRAINER = 200, 4, "nnUNetPlans_CPUDemo", "nnUNetTrainerV2", "nnUNetTrainerV2_moe"
 TASK_NAME = "Task200_COVID_19_20"
-FULLRES_EPOCHS = 24
+# the baseline's budget (both configurations): long enough for 3d_fullres to find the lesions
+FULLRES_EPOCHS, BASELINE_ITERATIONS = 24, 16
 
 
 # ------------------------------------------------------------------ commands
@@ -58,7 +59,7 @@ class Workflow:
         self.env = run_env(nnUNet_raw_data_base=root / "raw", nnUNet_preprocessed=root / "preprocessed",
                            RESULTS_FOLDER=root / "results", nnUNet_max_num_epochs=2, nnUNet_num_batches_per_epoch=3,
                            nnUNet_num_val_batches_per_epoch=1, nnUNet_n_proc_DA=1, nnUNet_def_n_proc=2,
-                           MOE_WARMUP_EPOCHS=0, MOE_RAMPUP_EPOCHS=1)
+                           CONSISTENCY_WARMUP_EPOCHS=0, CONSISTENCY_RAMPUP_EPOCHS=1)
         self.outputs = {}
 
     @property

@@ -1,8 +1,8 @@
-"""Weak-to-strong pseudo-supervision, its diagnostics and ConsistencySettings."""
+"""Weak-to-strong pseudo-supervision and its diagnostics (ConsistencySettings: tests/test_settings.py)."""
 import pytest
 import torch
 
-from nnunet.training.loss_functions.consistency import (ConsistencySettings, PseudoLabels, confident_fraction,
+from nnunet.training.loss_functions.consistency import (PseudoLabels, confident_fraction,
                                                         disagreement, pseudo_labels, teacher_student_pairs,
                                                         thresholded_cross_entropy, weak_to_strong_loss)
 from tests.helpers import SHAPES
@@ -53,17 +53,3 @@ def test_diagnostics_are_fractions(dim):
     assert confident_fraction([PseudoLabels(t.labels, t.confidence * 0) for t in targets], 0.5) == 0.0
 
 
-def test_settings_from_the_environment(monkeypatch):
-    monkeypatch.setenv("CONSISTENCY", "cps")
-    monkeypatch.setenv("CONFIDENCE_THRESHOLD", "0.8")
-    monkeypatch.setenv("PERTURBATION", "cutmix=0")
-    settings = ConsistencySettings.from_environment()
-    assert (settings.kind, settings.threshold, settings.perturbation.cutmix) == ("cps", 0.8, 0.0)
-    assert ConsistencySettings.from_dict(settings.as_dict()) == settings
-    monkeypatch.setenv("CONSISTENCY", "mean")
-    with pytest.raises(ValueError, match="CONSISTENCY='mean'.*weak_strong, cps"):
-        ConsistencySettings.from_environment()
-    monkeypatch.setenv("CONSISTENCY", "weak_strong")
-    monkeypatch.setenv("CONFIDENCE_THRESHOLD", "1.5")
-    with pytest.raises(ValueError, match="CONFIDENCE_THRESHOLD"):
-        ConsistencySettings.from_environment()

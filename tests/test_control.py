@@ -28,7 +28,7 @@ def test_control_prints_its_validation_dice_beside_the_baseline_and_the_moe(cont
 def test_control_again_does_not_retrain(control_workflow):
     checkpoint = control_workflow.model("3d_fullres", CONTROL_TRAINER) / "model_final_checkpoint.model"
     before = checkpoint.stat().st_mtime_ns
-    again = control_workflow.command("control", *control_workflow.workflow_args())
+    again = control_workflow.command("control", *control_workflow.workflow_args(), env_extra={"FINETUNE_LR": "0.002"})
     assert f"3d_fullres {CONTROL_TRAINER}: already trained" in again.stdout
     assert checkpoint.stat().st_mtime_ns == before
 

@@ -29,7 +29,7 @@ def test_planner_made_both_3d_stages_with_a_capped_patch(workflow):
             assert all(p <= cap for p, cap in zip(patch, (16, 48, 48)))
 
 
-@pytest.mark.parametrize("configuration,epochs", [("3d_fullres", FULLRES_EPOCHS), ("3d_lowres", 2)])
+@pytest.mark.parametrize("configuration,epochs", [("3d_fullres", FULLRES_EPOCHS), ("3d_lowres", FULLRES_EPOCHS)])
 def test_training_length_and_checkpoints(workflow, configuration, epochs):
     checkpoint = workflow.model(configuration) / "model_final_checkpoint.model"
     saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
@@ -67,7 +67,7 @@ def test_ensemble_and_dice_table(workflow):
 def test_baseline_again_does_not_retrain(workflow):
     checkpoint = workflow.model("3d_fullres") / "model_final_checkpoint.model"
     before = checkpoint.stat().st_mtime_ns
-    result = workflow.command("baseline", *workflow.workflow_args())
+    result = workflow.command("baseline", *workflow.workflow_args(), env_extra=workflow.baseline_env)
     assert "3d_fullres nnUNetTrainerV2: already trained" in result.stdout
     assert checkpoint.stat().st_mtime_ns == before
 

@@ -65,11 +65,12 @@ def test_a_task_without_a_test_set_names_the_conversion_setting(workflow, tmp_pa
     assert result.returncode == 1 and "has no held-out test set" in result.stderr and "TEST_FRACTION" in result.stderr
 
 
-def test_extra_models_are_name_equals_trainer_and_cannot_shadow_the_standard_ones():
+def test_extra_models_are_name_equals_trainer_and_cannot_shadow_the_registered_ones():
     from covidseg.core.errors import WorkflowError
     from covidseg.evaluate import extra_models
-    assert extra_models(["selftrain=nnUNetTrainerV2_selftrain", "mt=nnUNetTrainerV2_meanteacher"]) == {
-        "selftrain": "nnUNetTrainerV2_selftrain", "mt": "nnUNetTrainerV2_meanteacher"}
-    for bad in ("selftrain", "=nnUNetTrainerV2", "moe=nnUNetTrainerV2_selftrain", "ensemble=x"):
+    extra = extra_models(["mine=nnUNetTrainerV2_mine", "mt=nnUNetTrainerV2_meanteacher"])
+    assert {name: m.trainer for name, m in extra.items()} == {"mine": "nnUNetTrainerV2_mine",
+                                                             "mt": "nnUNetTrainerV2_meanteacher"}
+    for bad in ("mine", "=nnUNetTrainerV2", "moe=nnUNetTrainerV2_selftrain", "ensemble=x", "selftrain=x"):
         with pytest.raises(WorkflowError, match="expected NAME=TRAINER"):
             extra_models([bad])

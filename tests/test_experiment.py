@@ -57,17 +57,19 @@ def test_experiment_trains_evaluates_and_tabulates_every_method(tiny_experiment)
     assert text.split("## Labelled fraction 0.5")[1].split("![")[0].strip() in complete.stdout  # printed too
     assert (root / "exp" / "dice_vs_labeled_fraction.png").stat().st_size > 10000
     run = root / "exp" / "runs" / "lf0.5_seed0"
-    for method, trainer in (("fullres", "nnUNetTrainerV2"), ("control", "nnUNetTrainerV2_finetune"),
-                            ("moe", "nnUNetTrainerV2_moe"), ("moe_cps", "nnUNetTrainerV2_moe")):
-        model = next((run / "results" / method).rglob(f"{trainer}__nnUNetPlans_CPUDemo/all"))
+    models = run / "results" / "nnUNet" / "3d_fullres" / "Task200_COVID_19_20"  # one RESULTS_FOLDER per run
+    for trainer in ("nnUNetTrainerV2", "nnUNetTrainerV2_finetune", "nnUNetTrainerV2_moe", "nnUNetTrainerV2_moe_cps"):
+        model = models / f"{trainer}__nnUNetPlans_CPUDemo" / "all"
         assert (model / "model_final_checkpoint.model").is_file()
         assert not (model / "validation_raw").exists()  # fold all: no inference on its own training cases
         assert len(list((model / "test_predictions").glob("*.nii.gz"))) == 2
-    for method, kind in (("moe", "weak_strong"), ("moe_cps", "cps")):  # same trainer, each with its own loss
-        model = next((run / "results" / method).rglob("nnUNetTrainerV2_moe__*/all"))
+        assert json.loads((model / "settings.json").read_text())["model"]["fold"] == "all"
+    for trainer, kind in (("nnUNetTrainerV2_moe", "weak_strong"), ("nnUNetTrainerV2_moe_cps", "cps")):
+        model = models / f"{trainer}__nnUNetPlans_CPUDemo" / "all"  # each variant its own trainer and folder
         with open(model / "model_final_checkpoint.model.pkl", "rb") as f:
-            assert pickle.load(f)["init"][-1]["kind"] == kind
+            assert pickle.load(f)["settings"]["consistency"]["kind"] == kind
         assert json.loads((model / "moe_log.json").read_text())[-1]["confident_fraction"] is not None
+    assert "| moe | 2 epochs x 3 iterations, initial LR 0.01 |" in text
     split = json.loads((run / "raw" / "nnUNet_raw_data" / "Task200_COVID_19_20" / "split.json").read_text())
     assert split["labeled_site"] == "A" and split["labeled_site_share"] == 0.8
 
@@ -103,3 +105,26 @@ def test_bad_settings_are_named(tmp_path, args, message):
     (tmp_path / "download").mkdir()
     result = experiment(tmp_path / "download", tmp_path / "exp", *args, expect_ok=False)
     assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_changed_budget_is_refused_by_name_and_retrained_with_force(tiny_experiment):
+    root, _, _, _ = tiny_experiment
+    run = root / "exp" / "runs" / "lf0.5_seed0" / "results" / "nnUNet" / "3d_fullres" / "Task200_COVID_19_20"
+    before = checkpoints(root / "exp")
+    changed = [a if a != "2" or i != TINY_BUDGET.index("--finetune-epochs") + 1 else "3"
+               for i, a in enumerate(TINY_BUDGET)]
+    refused = subprocess.run([sys.executable, "-m", "covidseg.experiment", str(root / "download"), "--dir",
+                              str(root / "exp"), "--labeled-fractions", "0.5", "--seeds", "0", "--test-fraction", "0.2",
+                              "--preset", "multisite", *changed, "--methods", "control"],
+                             env=run_env(nnUNet_n_proc_DA=1), capture_output=True, text=True)
+    assert refused.returncode == 1
+    assert "budget.epochs: 2 (the model) -> 3 (now)" in refused.stderr and "FORCE=1" in refused.stderr
+    assert checkpoints(root / "exp") == before
+    retrained = subprocess.run(refused.args + ["--force"], env=run_env(nnUNet_n_proc_DA=1), capture_output=True,
+                               text=True)
+    assert retrained.returncode == 0, retrained.stdout[-3000:] + retrained.stderr[-3000:]
+    after = checkpoints(root / "exp")
+    control = run / "nnUNetTrainerV2_finetune__nnUNetPlans_CPUDemo" / "all" / "model_final_checkpoint.model"
+    fullres = run / "nnUNetTrainerV2__nnUNetPlans_CPUDemo" / "all" / "model_final_checkpoint.model"
+    assert after[control] != before[control] and after[fullres] == before[fullres]
+    assert "| control | 3 epochs x 3 iterations, initial LR 0.01 |" in (root / "exp" / "results.md").read_text()

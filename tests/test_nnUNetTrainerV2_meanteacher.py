@@ -40,7 +40,7 @@ def test_make_meanteacher_trains_from_the_baseline_and_saves_its_teacher(workflo
     assert teacher.keys() == student.keys()
     assert any(not torch.equal(teacher[k], student[k]) for k in teacher)  # the EMA lags the student
     with open(model / "model_final_checkpoint.model.pkl", "rb") as f:
-        init = pickle.load(f)["init"]
-    assert init[-1] == 0.9 and init[-2]["kind"] == "weak_strong"
+        settings = pickle.load(f)["settings"]  # by name (patch 0009)
+    assert settings["ema"] == {"decay": 0.9} and settings["consistency"]["kind"] == "weak_strong"
     log = "".join(p.read_text() for p in model.glob("training_log_*.txt"))
     assert "mean teacher: consistency" in log and f"{PLANS}" in str(model)

@@ -82,8 +82,8 @@ def resume_and_check(workflow, command: str, folder: Path, *args: str) -> None:
                nnUNet_save_every="1")
     arguments = ["--task", str(TASK), "--fold", FOLD, "--plans", PLANS, "--no-validation", *args]
     left = start_and_kill_after_a_saved_epoch([sys.executable, "-m", f"covidseg.{command}", *arguments], env, folder)
-    result = workflow.command(command, *arguments, env_extra={k: env[k] for k in
-                                                              ("nnUNet_max_num_epochs", "nnUNet_save_every")})
+    result = workflow.command(command, *arguments, env_extra={k: env[k] for k in (
+        "nnUNet_max_num_epochs", "nnUNet_num_batches_per_epoch", "nnUNet_save_every")})  # the same settings
     assert "resuming the interrupted training" in result.stdout
     assert first_epoch_of_the_last_run(folder) == left  # the epoch after the last saved one (0-based)
     assert saved_epoch(folder / "model_final_checkpoint.model") == EPOCHS

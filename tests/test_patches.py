@@ -11,7 +11,7 @@ import torch
 
 from nnunet.training.network_training.network_trainer import NetworkTrainer
 from nnunet.utilities.to_torch import to_cuda
-from tests.helpers import tiny_plan
+from tests.helpers import BASELINE_ITERATIONS, FULLRES_EPOCHS, tiny_plan
 
 
 @pytest.fixture
@@ -180,3 +180,45 @@ def test_checkpoints_are_saved_every_5_epochs_or_as_nnunet_save_every_says(monke
     monkeypatch.setenv("nnUNet_save_every", "0")
     with pytest.raises(ValueError, match="nnUNet_save_every must be a positive integer"):
         apply_training_length_from_environment(trainer)
+
+
+# ------------------------------------------------------------------ 0009 trainer settings by name, settings.json
+
+def test_the_checkpoint_pkl_holds_the_trainer_settings_by_name(tmp_path, monkeypatch):
+    import pickle
+    from nnunet.training.network_training.nnUNetTrainerV2_finetune import nnUNetTrainerV2_finetune
+    monkeypatch.setenv("FINETUNE_LR", "0.003")
+    trainer = nnUNetTrainerV2_finetune(str(tmp_path / "plans.pkl"), 0, output_folder=str(tmp_path), fp16=False)
+    trainer.network = tiny_cpu_unet(3)
+    trainer.optimizer = torch.optim.SGD(trainer.network.parameters(), lr=0.01)
+    trainer.plans = {"dim": 3}
+    trainer.save_checkpoint(str(tmp_path / "model_latest.model"))
+    with open(tmp_path / "model_latest.model.pkl", "rb") as f:
+        info = pickle.load(f)
+    assert info["settings"] == {"finetune": {"initial_lr": 0.003}}
+    assert len(info["init"]) == 9  # nnU-Net's positional arguments, nothing by position beyond them
+
+
+def test_restore_model_gives_the_settings_back_by_name(tmp_path, monkeypatch):
+    import pickle
+    from nnunet.training.model_restore import restore_model
+    from nnunet.training.network_training.nnUNetTrainerV2_finetune import nnUNetTrainerV2_finetune
+    monkeypatch.setattr(nnUNetTrainerV2_finetune, "process_plans", lambda self, plans: None)
+    info = {"init": (str(tmp_path / "plans.pkl"), 0, str(tmp_path), None, True, None, True, True, False),
+            "name": "nnUNetTrainerV2_finetune", "plans": {}, "settings": {"finetune": {"initial_lr": 0.003}}}
+    (tmp_path / "model.pkl").write_bytes(pickle.dumps(info))
+    monkeypatch.setenv("FINETUNE_LR", "0.02")  # the stored setting wins over the environment
+    assert restore_model(str(tmp_path / "model.pkl")).initial_lr == 0.003
+    del info["settings"]  # a .pkl written before settings were stored: the trainer reads its environment
+    (tmp_path / "model.pkl").write_bytes(pickle.dumps(info))
+    assert restore_model(str(tmp_path / "model.pkl")).initial_lr == 0.02
+
+
+def test_nnunet_train_writes_settings_json(workflow):
+    import json
+    for configuration in ("3d_fullres", "3d_lowres"):
+        record = json.loads((workflow.model(configuration) / "settings.json").read_text())
+        assert record["model"]["configuration"] == configuration and record["model"]["trainer"] == "nnUNetTrainerV2"
+        assert record["budget"] == {"epochs": FULLRES_EPOCHS, "iterations_per_epoch": BASELINE_ITERATIONS,
+                                    "validation_iterations_per_epoch": 1, "initial_lr": 0.01}
+        assert record["plan"]["patch_size"] and len(record["plan"]["sha256"]) == 64

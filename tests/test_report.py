@@ -6,7 +6,7 @@ import shutil
 import pytest
 import SimpleITK as sitk
 
-from tests.helpers import MOE_TRAINER, TASK_NAME, run_command, run_env
+from tests.helpers import BASELINE_ITERATIONS, FULLRES_EPOCHS, MOE_TRAINER, TASK_NAME, run_command, run_env
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,11 @@ def test_markdown_has_header_and_a_row_per_model(report):
     text = (out / "report.md").read_text()
     assert "labelled fraction: 0.6" in text and "test fraction: 0.2" in text
     assert "labelled cases: 6; unlabelled cases: 4; held-out test cases: 2" in text
-    assert "training of moe: 2 epochs x 3 iterations" in text and "training of control: 2 epochs x 3 iterations" in text
+    assert "| moe | nnUNetTrainerV2_moe | 2 epochs x 3 iterations, initial LR 0.01 | from " in text
+    assert "| control | nnUNetTrainerV2_finetune | 2 epochs x 3 iterations, initial LR 0.002 |" in text
+    assert (f"| fullres | nnUNetTrainerV2 | {FULLRES_EPOCHS} epochs x {BASELINE_ITERATIONS} iterations, initial LR "
+            f"0.01 | from scratch | - |") in text
+    assert "settings: not recorded" not in text and "moe.top_k=2" in text
     validation = text.split("## Validation (fold 4)")[1]
     for model in ("lowres", "fullres", "ensemble", "control", "moe"):
         assert f"| {model} |" in validation and f"| {model} |" in stdout

@@ -6,8 +6,9 @@ from typing import Optional, Sequence
 
 from covidseg.core.distributed import Launch, add_launch_arguments, launch_from_arguments
 from covidseg.core.methods import METHODS
-from covidseg.core.nnunet_runs import add_validation_argument, continue_from_baseline, print_validation_table
-from covidseg.core.workspace import add_model_arguments, ground_truth_dir, model_dir, task_name
+from covidseg.core.nnunet_runs import (add_training_arguments, add_validation_argument, continue_from_baseline,
+                                      print_validation_table)
+from covidseg.core.workspace import add_model_arguments, ground_truth_dir, model_folders, task_name
 
 
 def main_for(method: str, description: str, argv: Optional[Sequence[str]], distributed: bool = False) -> None:
@@ -15,20 +16,18 @@ def main_for(method: str, description: str, argv: Optional[Sequence[str]], distr
     (covidseg.core.distributed)."""
     parser = argparse.ArgumentParser(description=description)
     add_model_arguments(parser)
-    parser.add_argument("--force", action="store_true", help=f"train {method} again from the baseline")
+    add_training_arguments(parser, f"{method} from the baseline")
     add_validation_argument(parser)
     if distributed:
         add_launch_arguments(parser)
     args = parser.parse_args(argv)
 
-    trainer = args.control_trainer if method == "control" else METHODS[method].trainer
-    folder = continue_from_baseline(args, trainer, launch_from_arguments(args) if distributed else Launch())
+    folder = continue_from_baseline(args, METHODS[method].trainer_for(args),
+                                    launch_from_arguments(args) if distributed else Launch())
     if args.no_validation:
         return
     task = task_name(args.task)
-    trainers = {"fullres": args.trainer, "control": args.control_trainer, "moe": args.moe_trainer,
-                **{name: METHODS[name].trainer for name in ("selftrain", "meanteacher")}}
-    models = {name: model_dir("3d_fullres", task, t, args.plans, args.fold) for name, t in trainers.items()}
-    models[method] = folder
+    models = {name: f for name, f in model_folders(task, args.plans, args.fold, args).items()
+              if METHODS[name].configuration == "3d_fullres" and not METHODS[name].is_ensemble}
     print_validation_table(models, ground_truth_dir(task), method,
                            folder.parent / f"{method}_vs_baseline_dice_fold_{args.fold}.csv")

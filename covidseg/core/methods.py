@@ -1,52 +1,77 @@
-"""The methods `make experiment` trains and compares: a name mapped to the nnU-Net trainer of its 3d_fullres model,
-the workflow commands that train it, the methods it starts from and its settings, in one place.
+"""Every model the workspace makes, in one registry: a name mapped to its nnU-Net configuration and trainer, the
+make target that trains it, the workflow commands that train it in `make experiment`, the methods it starts from.
 
-A later method (another semi-supervised trainer, an MoE variant with other settings) is one more entry here; the
-experiment runner, the evaluation and the results tables take it from METHODS. Each method of a run trains into
-its own RESULTS_FOLDER, with the models of the methods it requires linked in, so variants that share a trainer
-never share a folder.
+Every consumer iterates METHODS: the workspace's folders, `make predict MODEL=`, `make evaluate`, `make report`,
+`make experiment` and its budgets table. A new method is one entry here (plus its trainer, whose class carries its
+settings: nnunet/training/settings.py); a variant with other settings is a trainer subclass with its own folder,
+the nnU-Net idiom (nnUNetTrainerV2_moe_cps).
 """
-from dataclasses import dataclass, field
-from typing import Dict, Mapping, Tuple
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
 
 
 @dataclass(frozen=True)
 class Method:
     name: str
     description: str
-    trainer: str                       # the nnU-Net trainer of the method's 3d_fullres model
-    commands: Tuple[str, ...]          # covidseg commands that train it, in order; each skips what is done
-    requires: Tuple[str, ...] = ()     # methods whose models it starts from
-    finetunes: bool = False            # trained for the fine-tuning budget (the MoE's), not the baseline's
-    environment: Mapping[str, str] = field(default_factory=dict)  # settings of this method (e.g. MOE_* variables)
+    trainer: str                         # the nnU-Net trainer of its model (the default of trainer_option)
+    make_target: str                     # what trains it
+    configuration: str = "3d_fullres"
+    trainer_option: Optional[str] = None  # the model argument that may name another trainer (trainer, control_trainer,
+    #                                       moe_trainer: make TRAINER / CONTROL_TRAINER / MOE_TRAINER); None: fixed
+    commands: Tuple[str, ...] = ()       # covidseg commands that train it in `make experiment` (empty: not a method
+    #                                       of the experiment), in order; each skips what is done
+    requires: Tuple[str, ...] = ()       # methods whose models it starts from
+    finetunes: bool = False              # trained for the fine-tuning budget (the MoE's), from the fullres weights
+    members: Tuple[str, ...] = ()        # an ensemble: the methods whose softmax it averages (no model of its own)
+
+    @property
+    def is_ensemble(self) -> bool:
+        return bool(self.members)
+
+    @property
+    def in_experiment(self) -> bool:
+        return bool(self.commands)
+
+    def trainer_for(self, args) -> str:
+        """Its trainer under the model arguments (covidseg.core.workspace.add_model_arguments)."""
+        return getattr(args, self.trainer_option) if self.trainer_option else self.trainer
 
 
 METHODS: Dict[str, Method] = {m.name: m for m in (
-    Method("fullres", "nnU-Net 3d_fullres, fully supervised on the labelled cases", "nnUNetTrainerV2",
-           ("baseline",)),
+    Method("lowres", "nnU-Net 3d_lowres, fully supervised on the labelled cases", "nnUNetTrainerV2", "make baseline",
+           configuration="3d_lowres", trainer_option="trainer"),
+    Method("fullres", "nnU-Net 3d_fullres, fully supervised on the labelled cases", "nnUNetTrainerV2", "make baseline",
+           trainer_option="trainer", commands=("baseline",)),
+    Method("ensemble", "3d_fullres + 3d_lowres, softmax averaged (nnUNet_ensemble)", "nnUNetTrainerV2",
+           "make baseline", trainer_option="trainer", members=("lowres", "fullres")),
     Method("control", "3d_fullres fine-tuned on the labelled cases for the MoE's budget (same-budget control)",
-           "nnUNetTrainerV2_finetune", ("control",), requires=("fullres",), finetunes=True),
-    Method("moe", "mixture of experts, labelled + unlabelled cases (weak-to-strong consistency), from the 3d_fullres "
-           "weights", "nnUNetTrainerV2_moe", ("weights", "semi"), requires=("fullres",), finetunes=True,
-           environment={"CONSISTENCY": "weak_strong"}),
+           "nnUNetTrainerV2_finetune", "make control", trainer_option="control_trainer", commands=("control",),
+           requires=("fullres",), finetunes=True),
     Method("selftrain", "nnU-Net self-training: the baseline pseudo-labels the unlabelled pool, the student trains on "
            "labelled + confident pseudo-labelled cases, then fine-tunes on the labelled ones (MoE's budget)",
-           "nnUNetTrainerV2_selftrain", ("selftrain",), requires=("fullres",), finetunes=True),
+           "nnUNetTrainerV2_selftrain", "make selftrain", commands=("selftrain",), requires=("fullres",),
+           finetunes=True),
     Method("meanteacher", "3d_fullres with an EMA teacher's weak-to-strong consistency on the unlabelled cases (the "
-           "MoE's loss without experts, MoE's budget)", "nnUNetTrainerV2_meanteacher", ("meanteacher",),
+           "MoE's loss without experts, MoE's budget)", "nnUNetTrainerV2_meanteacher", "make meanteacher",
+           commands=("meanteacher",), requires=("fullres",), finetunes=True),
+    Method("moe", "mixture of experts, labelled + unlabelled cases (weak-to-strong consistency), from the 3d_fullres "
+           "weights", "nnUNetTrainerV2_moe", "make semi", trainer_option="moe_trainer", commands=("weights", "semi"),
            requires=("fullres",), finetunes=True),
-    Method("moe_cps", "the same mixture with cross pseudo-supervision between the experts on one view "
-           "(CONSISTENCY=cps)",
-           "nnUNetTrainerV2_moe", ("weights", "semi"), requires=("fullres",), finetunes=True,
-           environment={"CONSISTENCY": "cps"}),
+    Method("moe_cps", "the same mixture with cross pseudo-supervision between the experts on one view",
+           "nnUNetTrainerV2_moe_cps", "make semi MOE_TRAINER=nnUNetTrainerV2_moe_cps", commands=("weights", "semi"),
+           requires=("fullres",), finetunes=True),
 )}
+
+EXPERIMENT_METHODS = tuple(name for name, m in METHODS.items() if m.in_experiment)
 
 
 def resolve(names) -> Tuple[Method, ...]:
-    """The named methods and those they require, each once, every method after the ones it requires."""
-    unknown = [n for n in names if n not in METHODS]
+    """The named methods of the experiment and those they require, each once, every method after the ones it
+    requires."""
+    unknown = [n for n in names if n not in EXPERIMENT_METHODS]
     if unknown:
-        raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(METHODS)}")
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; known: {', '.join(EXPERIMENT_METHODS)}")
     ordered = []
 
     def add(name: str) -> None:

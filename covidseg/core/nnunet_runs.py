@@ -5,13 +5,15 @@ from scratch); one with only a latest checkpoint (an interrupted run) resumes wi
 fresh training starts. Always with --npz, so validation keeps the softmax for nnUNet_ensemble.
 """
 import csv
+import shutil
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
 from covidseg.core.distributed import Launch
 from covidseg.core.errors import WorkflowError, translate_errors
+from covidseg.core.provenance import SETTINGS_FILE, read_record, refuse_changed, requested_record, setting_changes
 from covidseg.core.workspace import load_plans, model_dir, run, run_in_parallel, task_name, trained_model_dir
 from covidseg.evaluation.metrics import CaseFileError, dice_per_case
 
@@ -22,20 +24,59 @@ def has_npz_validation(folder: Path) -> bool:
     return bool(niftis) and all((validation / (p.name[:-7] + ".npz")).is_file() for p in niftis)
 
 
+def refuse_or_retrain_changed(configuration: str, task: str, trainer: str, plans: str, fold, folder: Path,
+                              initialised_from: Optional[Path], retrain_changed: bool) -> bool:
+    """Whether a model that exists in `folder` (finished or interrupted) must be trained again because it was trained
+    with other settings than those asked for now (covidseg.core.provenance): refused with the list of differences,
+    unless `retrain_changed`. A model without settings.json (trained before they were recorded) is used as it is,
+    with a note."""
+    recorded = read_record(folder)
+    if recorded is None:
+        print(f"NOTE: {configuration} {trainer} in {folder} has no {SETTINGS_FILE} (trained before settings were "
+              f"recorded), so its settings cannot be checked; FORCE=1 retrains it")
+        return False
+    changes = setting_changes(recorded, requested_record(configuration, task, trainer, plans, fold, initialised_from))
+    if not changes:
+        return False
+    if not retrain_changed:
+        refuse_changed(folder, f"{configuration} {trainer}", changes)
+    print(f"{configuration} {trainer}: trained with other settings, training it again:\n"
+          + "\n".join(f"  - {c}" for c in changes), flush=True)
+    return True
+
+
+def remove_model(folder: Path) -> None:
+    """A model trained again starts from an empty fold folder: no earlier checkpoint can pass for the new one's if
+    the new training is interrupted, and no earlier pseudo-label, teacher or prediction is reused."""
+    if folder.is_dir():
+        print(f"removing the earlier model in {folder}", flush=True)
+        shutil.rmtree(folder)
+
+
 def train_or_resume(configuration: str, task_id: int, task: str, trainer: str, plans: str, fold, force: bool,
-                    first_start_args: List[str] = (), validate: bool = True, launch: Launch = Launch()) -> Path:
+                    first_start_args: List[str] = (), validate: bool = True, launch: Launch = Launch(),
+                    initialised_from: Optional[Path] = None, retrain_changed: bool = False) -> Path:
     """Train (or resume, or skip) one configuration; returns its fold folder. first_start_args only for a fresh start.
     validate=False: no inference on the fold's validation cases after training (patch 0006), for fold `all`.
-    launch: how many processes (covidseg.core.distributed; the model folder is the same for any number)."""
+    launch: how many processes (covidseg.core.distributed; the model folder is the same for any number).
+    initialised_from: the -pretrained_weights file of a fresh start (compared with the model's record).
+    A model trained with other settings is refused, or trained again with retrain_changed (or force)."""
     folder = model_dir(configuration, task, trainer, plans, fold)
     # --disable_next_stage_pred (patch 0005): the workflow ensembles 3d_lowres, it never trains the cascade
     command = launch.command([configuration, trainer, str(task_id), str(fold), "-p", plans, "--npz",
                               "--disable_next_stage_pred"] + ([] if validate else ["--disable_validation_inference"]))
-    if (folder / "model_final_checkpoint.model").is_file() and not force:
+    finished = (folder / "model_final_checkpoint.model").is_file()
+    started = finished or (folder / "model_latest.model").is_file()
+    if started and not force:
+        force = refuse_or_retrain_changed(configuration, task, trainer, plans, fold, folder, initialised_from,
+                                          retrain_changed)
+    if force and launch.node_rank == 0:
+        remove_model(folder)
+    if finished and not force:
         print(f"{configuration} {trainer}: already trained ({folder}); FORCE=1 retrains it")
         if validate and not has_npz_validation(folder):
             run(command + ["-val"])
-    elif (folder / "model_latest.model").is_file() and not force:
+    elif started and not force:
         print(f"{configuration} {trainer}: resuming the interrupted training in {folder}")
         run(command + ["-c"])
     else:
@@ -46,13 +87,16 @@ def train_or_resume(configuration: str, task_id: int, task: str, trainer: str, p
 def continue_from_baseline(args, trainer: str, launch: Launch = Launch()) -> Path:
     """Train (or resume, or skip) a 3d_fullres `trainer` that starts from the baseline's final checkpoint
     (-pretrained_weights), as the control, the self-training and the mean teacher do; returns its fold folder.
-    `args`: the model arguments (covidseg.core.workspace.add_model_arguments), --force and --no-validation."""
+    `args`: the model arguments (covidseg.core.workspace.add_model_arguments), --force, --retrain-changed and
+    --no-validation."""
     task = task_name(args.task)
     load_plans(task, args.plans)  # names 'make preprocess' when missing
     baseline = trained_model_dir("3d_fullres", task, args.trainer, args.plans, args.fold, "make baseline")
+    checkpoint = baseline / "model_final_checkpoint.model"
     return train_or_resume("3d_fullres", args.task, task, trainer, args.plans, args.fold, args.force,
-                           first_start_args=["-pretrained_weights", str(baseline / "model_final_checkpoint.model")],
-                           validate=not args.no_validation, launch=launch)
+                           first_start_args=["-pretrained_weights", str(checkpoint)],
+                           validate=not args.no_validation, launch=launch, initialised_from=checkpoint,
+                           retrain_changed=args.retrain_changed)
 
 
 def nnunet_predict(images: Path, output: Path, task_id: int, configuration: str, trainer: str, plans: str, fold,
@@ -75,6 +119,14 @@ def validation_dice(predictions: Path, references: Path) -> Dict[str, float]:
     """case -> Dice of every prediction in `predictions` against the same-named reference segmentation."""
     with translate_errors(CaseFileError, context=f"cannot score the predictions in {predictions}"):
         return dice_per_case(predictions, references)
+
+
+def add_training_arguments(parser, what: str) -> None:
+    """--force and --retrain-changed of the training commands; `what`: what --force trains again."""
+    parser.add_argument("--force", action="store_true", help=f"train {what} again, from the start")
+    parser.add_argument("--retrain-changed", action="store_true",
+                        help="train again a model trained with other settings than those asked for now (without it: "
+                             "refused, with the list of differences)")
 
 
 def add_validation_argument(parser) -> None:

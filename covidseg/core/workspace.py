@@ -98,14 +98,20 @@ ENSEMBLE = "ensemble"
 TEST_PREDICTIONS = "test_predictions"
 
 
-def model_folders(task: str, plans: str, fold, trainer: str, control_trainer: str, moe_trainer: str) -> Dict[str, Path]:
-    """Every model the workflow makes, name -> its fold folder, in the order reports list them: lowres, fullres
-    and their ensemble (its folder holds the ensembled validation predictions), the control, the MoE."""
-    return {"lowres": model_dir("3d_lowres", task, trainer, plans, fold),
-            "fullres": model_dir("3d_fullres", task, trainer, plans, fold),
-            ENSEMBLE: ensemble_dir(task, trainer, plans, fold),
-            "control": model_dir("3d_fullres", task, control_trainer, plans, fold),
-            "moe": model_dir("3d_fullres", task, moe_trainer, plans, fold)}
+def method_folder(method, task: str, plans: str, fold, args) -> Path:
+    """The fold folder of a method's model (an ensemble's: its ensembled predictions) under the model arguments
+    `args` (add_model_arguments: they may name other trainers)."""
+    trainer = method.trainer_for(args)
+    if method.is_ensemble:
+        return ensemble_dir(task, trainer, plans, fold)
+    return model_dir(method.configuration, task, trainer, plans, fold)
+
+
+def model_folders(task: str, plans: str, fold, args) -> Dict[str, Path]:
+    """Every model of the method registry (covidseg.core.methods.METHODS), name -> its fold folder, in the
+    registry's order (the order reports list them)."""
+    from covidseg.core.methods import METHODS
+    return {name: method_folder(method, task, plans, fold, args) for name, method in METHODS.items()}
 
 
 def validation_predictions_dir(name: str, folder: Path) -> Path:

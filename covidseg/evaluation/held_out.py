@@ -11,7 +11,7 @@ single false-positive voxel, which would swing a mean over few cases. So:
   that says "no significant difference" whenever the CI contains 0 or p >= 0.05 (covidseg.evaluation.statistics).
 """
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from covidseg.evaluation.metrics import CaseMetrics
 from covidseg.evaluation.statistics import Estimate, PairedDifference, mean_with_ci, paired_difference
@@ -60,8 +60,17 @@ def comparisons(scores: Dict[str, Dict[str, CaseMetrics]]) -> Dict[Tuple[str, st
     return {(a, b): compare(scores[a], scores[b]) for a, b in COMPARISONS if a in scores and b in scores}
 
 
-def markdown(scores: Dict[str, Dict[str, CaseMetrics]], tolerance_mm: float) -> List[str]:
-    """The test-set section of report.md: one table per model summary, one for the paired differences."""
+def budget_warnings(pairs: Sequence[Tuple[str, str]], budgets: Mapping[str, str]) -> List[str]:
+    """A warning line for each compared pair whose models were trained with different budgets."""
+    return [f"- WARNING: {a} and {b} were trained with different budgets ({a}: {budgets[a]}; {b}: {budgets[b]}): "
+            f"their difference is not the method's alone" for a, b in pairs
+            if a in budgets and b in budgets and budgets[a] != budgets[b]]
+
+
+def markdown(scores: Dict[str, Dict[str, CaseMetrics]], tolerance_mm: float,
+             budgets: Optional[Mapping[str, str]] = None) -> List[str]:
+    """The test-set section of report.md: one table per model summary, one for the paired differences (with a
+    warning for each pair trained with different budgets: model -> its budget, as its settings.json says)."""
     summaries = {name: summarise(s) for name, s in scores.items()}
     lines = [f"| model | cases with lesion | Dice [95% CI] | NSD@{tolerance_mm:g}mm [95% CI] | HD95 mm [95% CI] | "
              f"HD95 undefined | lesion-free cases | false-positive ml [95% CI] | lesion-free cases with any FP |",
@@ -77,4 +86,7 @@ def markdown(scores: Dict[str, Dict[str, CaseMetrics]], tolerance_mm: float) -> 
         for (a, b), d in differences.items():
             lines.append(f"| {a} - {b} | {d.n} | {d.mean:+.4f} [{d.low:+.4f}, {d.high:+.4f}] | {d.p_wilcoxon:.3g} | "
                          f"{d.verdict()} |")
+        warnings = budget_warnings(list(differences), budgets or {})
+        if warnings:
+            lines += [""] + warnings
     return lines

@@ -14,54 +14,16 @@ strong view.
 Random numbers are drawn on the host (torch's CPU generator), so nothing here waits for the device.
 """
 import math
-import os
 from contextlib import contextmanager
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
-PERTURBATION_ENVIRONMENT = "PERTURBATION"
+from nnunet.training.settings import PERTURBATION, PerturbationSettings  # noqa: F401 (the strong view's settings)
 
-
-@dataclass(frozen=True)
-class PerturbationSettings:
-    """Strengths of the strong view. Intensities are nnU-Net-normalised (CT: z-scores), sizes in voxels."""
-    probability: float = 0.8      # chance that each intensity perturbation is applied to a sample
-    noise_std: float = 0.1        # additive Gaussian noise, std drawn from [0, noise_std]
-    blur_sigma: float = 1.0       # Gaussian blur, sigma drawn from [0.5, blur_sigma] (0: off)
-    brightness: float = 0.25      # intensity x U(1 - b, 1 + b)
-    contrast: float = 0.25        # (x - mean) x U(1 - c, 1 + c) + mean
-    gamma: float = 0.3            # gamma drawn from [1 / (1 + g), 1 + g] on the sample's [min, max] range
-    lowres: float = 2.0           # down-sampled by a factor from [1, lowres] per axis, then back (1: off)
-    cutmix: float = 0.5           # chance that a sample gets a box from another sample of the batch
-    feature_dropout: float = 0.3  # channel dropout probability on the bottleneck
-
-    @classmethod
-    def from_string(cls, text: str) -> "PerturbationSettings":
-        """'noise_std=0.2 cutmix=0' (spaces or commas between entries) -> the defaults with those overrides."""
-        known = {f.name: f for f in fields(cls)}
-        values = {}
-        for entry in text.replace(",", " ").split():
-            name, _, value = entry.partition("=")
-            if name not in known or not value:
-                raise ValueError(f"{PERTURBATION_ENVIRONMENT}: '{entry}' is not name=value with a name of "
-                                 f"{', '.join(known)}")
-            try:
-                values[name] = float(value)
-            except ValueError:
-                raise ValueError(f"{PERTURBATION_ENVIRONMENT}: '{entry}': {value!r} is not a number")
-            if values[name] < 0:
-                raise ValueError(f"{PERTURBATION_ENVIRONMENT}: '{entry}': strengths are >= 0")
-        for name in ("probability", "cutmix", "feature_dropout"):
-            if values.get(name, 0) > 1 or (name == "feature_dropout" and values.get(name, 0) >= 1):
-                raise ValueError(f"{PERTURBATION_ENVIRONMENT}: {name} is a probability, got {values[name]}")
-        return replace(cls(), **values)
-
-    @classmethod
-    def from_environment(cls) -> "PerturbationSettings":
-        return cls.from_string(os.environ.get(PERTURBATION_ENVIRONMENT, ""))
+PERTURBATION_ENVIRONMENT = PERTURBATION.name
 
 
 def _uniform(low: float, high: float, n: int) -> List[float]:

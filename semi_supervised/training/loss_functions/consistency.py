@@ -14,62 +14,17 @@ give the term a gradient even while the experts are identical.
 CONSISTENCY=cps: the earlier cross pseudo-supervision between the chosen experts on one (weak) view, no
 threshold (moe_losses.pairwise_consistency_loss); kept for comparison.
 
-lambda(epoch) weights the term: 0 during MOE_WARMUP_EPOCHS, then exp(-5 (1 - t)^2) up to MOE_LAMBDA_MAX over
-MOE_RAMPUP_EPOCHS (moe_losses.consistency_weight).
+lambda(epoch) weights the term: 0 during CONSISTENCY_WARMUP_EPOCHS, then exp(-5 (1 - t)^2) up to
+CONSISTENCY_LAMBDA_MAX over CONSISTENCY_RAMPUP_EPOCHS (moe_losses.consistency_weight). The settings are
+ConsistencySettings (nnunet/training/settings.py).
 """
-import os
-from dataclasses import asdict, dataclass, field, fields
 from itertools import permutations
 from typing import List, NamedTuple, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from nnunet.training.data_augmentation.strong_perturbations import PerturbationSettings
-
-CONSISTENCY_KINDS = ("weak_strong", "cps")
-
-
-@dataclass(frozen=True)
-class ConsistencySettings:
-    kind: str = "weak_strong"
-    threshold: float = 0.95
-    lambda_max: float = 2.0
-    warmup_epochs: int = 50
-    rampup_epochs: int = 200
-    perturbation: PerturbationSettings = field(default_factory=PerturbationSettings)
-
-    ENVIRONMENT = {"kind": "CONSISTENCY", "threshold": "CONFIDENCE_THRESHOLD", "lambda_max": "MOE_LAMBDA_MAX",
-                   "warmup_epochs": "MOE_WARMUP_EPOCHS", "rampup_epochs": "MOE_RAMPUP_EPOCHS"}
-
-    def __post_init__(self):
-        if self.kind not in CONSISTENCY_KINDS:
-            raise ValueError(f"CONSISTENCY={self.kind!r}: expected one of {', '.join(CONSISTENCY_KINDS)}")
-        if not 0 <= self.threshold < 1:
-            raise ValueError(f"CONFIDENCE_THRESHOLD={self.threshold}: expected a probability in [0, 1)")
-
-    @classmethod
-    def from_environment(cls) -> "ConsistencySettings":
-        values = {}
-        for f in fields(cls):
-            variable = cls.ENVIRONMENT.get(f.name)
-            raw = os.environ.get(variable, "") if variable else ""
-            if raw != "":
-                try:
-                    values[f.name] = type(f.default)(raw)
-                except ValueError:
-                    raise ValueError(f"{variable}={raw!r} is not a valid {type(f.default).__name__}")
-        return cls(perturbation=PerturbationSettings.from_environment(), **values)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "ConsistencySettings":
-        values = dict(values)
-        values["perturbation"] = PerturbationSettings(**values.get("perturbation", {}))
-        return cls(**values)
-
+from nnunet.training.settings import ConsistencySettings  # noqa: F401 (the term's settings, also imported from here)
 
 class PseudoLabels(NamedTuple):
     labels: torch.Tensor      # (B, *spatial) argmax of the teacher's softmax

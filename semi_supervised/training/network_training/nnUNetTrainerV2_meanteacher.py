@@ -3,7 +3,7 @@
 The question it answers beside the mixture of experts: is it the experts, or just the unlabelled scans? So it
 is the MoE's training with the experts taken out. It continues the 3d_fullres baseline (`-pretrained_weights`,
 initial learning rate FINETUNE_LR, the same budget as the MoE and its control); the teacher is an exponential
-moving average of the student (decay MT_EMA_DECAY, default 0.99), updated after every optimiser step. Each
+moving average of the student (EMASettings: decay MT_EMA_DECAY, default 0.99), updated after every optimiser step. Each
 iteration draws the same labelled and unlabelled batches as the MoE, and the loss is
 
     supervised + lambda(epoch) * consistency
@@ -12,9 +12,9 @@ with nnU-Net's Dice+CE (deep supervision) as the supervised term and the MoE's w
 the teacher as the source of pseudo-labels: the teacher's softmax on the weak view gives pseudo-labels and
 confidences, and the student is trained on the strong view (the same perturbations, CutMix and bottleneck
 dropout, nnunet/training/data_augmentation/strong_perturbations.py) towards the confident ones
-(nnunet/training/loss_functions/consistency.py). CONFIDENCE_THRESHOLD, PERTURBATION, MOE_LAMBDA_MAX,
-MOE_WARMUP_EPOCHS and MOE_RAMPUP_EPOCHS are shared with the MoE; CONSISTENCY is the MoE's choice and is not
-read here (the mean teacher is always weak-to-strong).
+(nnunet/training/loss_functions/consistency.py). Its ConsistencySettings (CONSISTENCY_THRESHOLD, PERTURBATION,
+CONSISTENCY_LAMBDA_MAX, CONSISTENCY_WARMUP_EPOCHS, CONSISTENCY_RAMPUP_EPOCHS) are the MoE's; the kind is always
+weak_strong. Settings by name (checkpoint .pkl, settings.json): "finetune", "consistency", "ema".
 
 The student is the model nnU-Net saves, validates and predicts with; the teacher's weights are saved beside
 each checkpoint (`<checkpoint>.teacher`) so that `-c` resumes it (without that file it restarts as a copy of
@@ -29,28 +29,22 @@ from torch.cuda.amp import autocast
 
 from nnunet.training.data_augmentation.strong_perturbations import bottleneck_dropout, strong_view
 from nnunet.training.dataloading.unlabeled_loader import unlabeled_generator
-from nnunet.training.learning_rate.finetune_lr import finetune_learning_rate
 from nnunet.training.loss_functions.consistency import (ConsistencySettings, PseudoLabels, confident_fraction,
                                                         pseudo_labels, thresholded_cross_entropy)
 from nnunet.training.loss_functions.moe_losses import consistency_weight
 from nnunet.training.network_training.nnUNetTrainerV2 import nnUNetTrainerV2
+from nnunet.training.network_training.nnUNetTrainerV2_finetune import FinetuneSettingsMixin
 from nnunet.training.network_training.semi_supervised_steps import next_batches, optimizer_step
+from nnunet.training.settings import EMASettings, group_from
 from nnunet.utilities.atomic_files import torch_save_atomically
 from nnunet.utilities.ema import ema_copy, ema_update
 
-EMA_DECAY_ENVIRONMENT = "MT_EMA_DECAY"
-DEFAULT_EMA_DECAY = 0.99
+EMA_DECAY_ENVIRONMENT = EMASettings.ENVIRONMENT["decay"].name
+DEFAULT_EMA_DECAY = EMASettings().decay
 
 
 def ema_decay_from_environment() -> float:
-    raw = os.environ.get(EMA_DECAY_ENVIRONMENT, "")
-    try:
-        decay = float(raw) if raw else DEFAULT_EMA_DECAY
-    except ValueError:
-        raise ValueError(f"{EMA_DECAY_ENVIRONMENT}={raw!r} is not a number")
-    if not 0 <= decay < 1:
-        raise ValueError(f"{EMA_DECAY_ENVIRONMENT}={decay}: expected a decay in [0, 1)")
-    return decay
+    return EMASettings.from_environment().decay
 
 
 def full_resolution(output) -> torch.Tensor:
@@ -75,20 +69,26 @@ def mean_teacher_term(student, teacher, weak: torch.Tensor, settings: Consistenc
                            confident_fraction([target], settings.threshold))
 
 
-class nnUNetTrainerV2_meanteacher(nnUNetTrainerV2):
+class nnUNetTrainerV2_meanteacher(FinetuneSettingsMixin, nnUNetTrainerV2):
     def __init__(self, plans_file, fold, output_folder=None, dataset_directory=None, batch_dice=True, stage=None,
                  unpack_data=True, deterministic=True, fp16=False, consistency_settings: Optional[dict] = None,
-                 ema_decay: Optional[float] = None):
+                 ema_decay: Optional[float] = None, settings: Optional[dict] = None):
+        """settings: the checkpoint's settings by name (patch 0009); None: from the environment. consistency_settings,
+        ema_decay: only from checkpoints written before settings were stored by name."""
         super().__init__(plans_file, fold, output_folder, dataset_directory, batch_dice, stage, unpack_data,
                          deterministic, fp16)
-        self.initial_lr = finetune_learning_rate()  # it continues the baseline, like the MoE and the control
-        self.consistency = (ConsistencySettings.from_dict(consistency_settings) if consistency_settings is not None
-                            else ConsistencySettings.from_environment())
-        self.ema_decay = ema_decay if ema_decay is not None else ema_decay_from_environment()
-        self.init_args = self.init_args + (self.consistency.as_dict(), self.ema_decay)
+        if settings is None and consistency_settings is not None:
+            settings = {"consistency": consistency_settings, "ema": {"decay": ema_decay}}
+        self.use_finetune_settings(settings)  # it continues the baseline, like the MoE and the control
+        self.consistency = ConsistencySettings.of_trainer("weak_strong", type(self).__name__, settings)
+        self.ema = group_from(settings, "ema", EMASettings)
+        self.ema_decay = self.ema.decay
         self.teacher: Optional[torch.nn.Module] = None
         self.unlabeled_gen = None
         self._epoch_stats: List[dict] = []
+
+    def method_settings(self) -> dict:
+        return {**super().method_settings(), "consistency": self.consistency.as_record(), "ema": self.ema.as_record()}
 
     def initialize(self, training=True, force_load_plans=False):
         super().initialize(training, force_load_plans)

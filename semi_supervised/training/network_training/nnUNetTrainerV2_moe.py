@@ -25,19 +25,20 @@ two extra backward passes on the first iteration of the epoch), `gate_entropy` a
 The MoE continues the baseline's weights, so its initial learning rate is FINETUNE_LR (nnunet.training.
 learning_rate.finetune_lr), the same as its same-budget control nnUNetTrainerV2_finetune's.
 
-Settings (environment variables, read when the trainer is created for training; stored in the
-checkpoint's .pkl so that -c, -val and prediction rebuild the same network and loss):
-    MOE_NUM_EXPERTS (3), MOE_TOP_K (2), MOE_BALANCE_ALPHA (0.01), and the consistency's (ConsistencySettings):
-    CONSISTENCY (weak_strong), CONFIDENCE_THRESHOLD (0.95), MOE_LAMBDA_MAX (2.0), MOE_WARMUP_EPOCHS (50),
-    MOE_RAMPUP_EPOCHS (200), PERTURBATION (strengths, e.g. "noise_std=0.1 cutmix=0.5")
-and, read at every network construction (also for prediction): MOE_INFERENCE_TOP_K (the training k).
-The Makefile sets them from EXPERTS, TOP_K, BALANCE_ALPHA, CONSISTENCY, CONFIDENCE_THRESHOLD, LAMBDA_MAX,
-WARMUP_EPOCHS, RAMPUP_EPOCHS, PERTURBATION and INFERENCE_TOP_K.
+Settings (nnunet/training/settings.py; read from the environment when the trainer is created for training, stored
+by name in the checkpoint's .pkl and settings.json so that -val and prediction rebuild the same network and loss):
+    "finetune": FinetuneSettings (FINETUNE_LR), "moe": MoESettings (MOE_NUM_EXPERTS 3, MOE_TOP_K 2,
+    MOE_BALANCE_ALPHA 0.01), "consistency": ConsistencySettings (CONSISTENCY_THRESHOLD 0.95, CONSISTENCY_LAMBDA_MAX
+    2.0, CONSISTENCY_WARMUP_EPOCHS 50, CONSISTENCY_RAMPUP_EPOCHS 200, PERTURBATION strengths, e.g.
+    "noise_std=0.1 cutmix=0.5"); the kind of consistency is the trainer's (CONSISTENCY_KIND: weak_strong here,
+    cps in nnUNetTrainerV2_moe_cps).
+Read at every network construction (also for prediction): MOE_INFERENCE_TOP_K (the training k).
+The Makefile sets them from EXPERTS, TOP_K, BALANCE_ALPHA, CONFIDENCE_THRESHOLD, LAMBDA_MAX, WARMUP_EPOCHS,
+RAMPUP_EPOCHS, PERTURBATION and INFERENCE_TOP_K.
 """
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, fields
 from typing import Callable, Dict, List, NamedTuple, Optional
 
 import numpy as np
@@ -48,46 +49,16 @@ from nnunet.network_architecture.generic_UNet_MoE import GateDecision, MoEOutput
 from nnunet.network_architecture.unet_factory import generic_unet_moe
 from nnunet.training.data_augmentation.strong_perturbations import bottleneck_dropout, strong_view
 from nnunet.training.dataloading.unlabeled_loader import unlabeled_generator
-from nnunet.training.learning_rate.finetune_lr import finetune_learning_rate
 from nnunet.training.loss_functions.consistency import (ConsistencySettings, PseudoLabels, confident_fraction,
                                                         disagreement, pseudo_labels, weak_to_strong_loss)
 from nnunet.training.loss_functions.moe_losses import (consistency_weight, expert_usage, gate_entropy,
                                                        load_balancing_loss, pairwise_consistency_loss)
 from nnunet.training.network_training.nnUNetTrainerV2 import nnUNetTrainerV2
+from nnunet.training.network_training.nnUNetTrainerV2_finetune import FinetuneSettingsMixin
 from nnunet.training.network_training.semi_supervised_steps import next_batches, optimizer_step
+from nnunet.training.settings import MoESettings, group_from, inference_top_k_from_environment
 from nnunet.utilities.moe_progress import plot_moe_progress
 from nnunet.utilities.nd_softmax import softmax_helper
-
-
-@dataclass
-class MoESettings:
-    num_experts: int = 3
-    top_k: int = 2
-    balance_alpha: float = 0.01
-
-    ENVIRONMENT = {"num_experts": "MOE_NUM_EXPERTS", "top_k": "MOE_TOP_K", "balance_alpha": "MOE_BALANCE_ALPHA"}
-
-    @classmethod
-    def from_environment(cls) -> "MoESettings":
-        values = {}
-        for f in fields(cls):
-            raw = os.environ.get(cls.ENVIRONMENT[f.name], "")
-            if raw != "":
-                try:
-                    values[f.name] = type(f.default)(raw)
-                except ValueError:
-                    raise ValueError(f"{cls.ENVIRONMENT[f.name]}={raw!r} is not a valid {type(f.default).__name__}")
-        return cls(**values)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "MoESettings":
-        """From a checkpoint's .pkl (older ones also held the consistency's ramp-up, now ConsistencySettings)."""
-        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
-
-
-def inference_top_k_from_environment() -> Optional[int]:
-    raw = os.environ.get("MOE_INFERENCE_TOP_K", "")
-    return int(raw) if raw else None
 
 
 class MoELosses(NamedTuple):
@@ -132,22 +103,40 @@ def moe_unlabeled_term(network, weak: torch.Tensor, settings: ConsistencySetting
 DIAGNOSTICS = ("disagreement", "confident_fraction", "consistency_grad_share", "gate_entropy")
 
 
-class nnUNetTrainerV2_moe(nnUNetTrainerV2):
+def settings_of_old_checkpoint(settings: Optional[dict], moe_settings: Optional[dict],
+                               consistency_settings: Optional[dict]) -> Optional[dict]:
+    """Checkpoints written before settings were stored by name held the MoE's and the consistency's settings as
+    the last two positional init args; restore_model passes them as moe_settings / consistency_settings."""
+    if settings is not None or (moe_settings is None and consistency_settings is None):
+        return settings
+    old = {"moe": moe_settings or {}}
+    if consistency_settings is not None:
+        old["consistency"] = consistency_settings
+    return old
+
+
+class nnUNetTrainerV2_moe(FinetuneSettingsMixin, nnUNetTrainerV2):
+    CONSISTENCY_KIND = "weak_strong"
+
     def __init__(self, plans_file, fold, output_folder=None, dataset_directory=None, batch_dice=True, stage=None,
                  unpack_data=True, deterministic=True, fp16=False, moe_settings: Optional[dict] = None,
-                 consistency_settings: Optional[dict] = None):
+                 consistency_settings: Optional[dict] = None, settings: Optional[dict] = None):
+        """settings: the checkpoint's settings by name (patch 0009); None: from the environment. moe_settings,
+        consistency_settings: only from checkpoints written before settings were stored by name."""
         super().__init__(plans_file, fold, output_folder, dataset_directory, batch_dice, stage, unpack_data,
                          deterministic, fp16)
-        self.initial_lr = finetune_learning_rate()  # it continues the baseline, like its control (finetune_lr)
-        self.moe = MoESettings.from_dict(moe_settings) if moe_settings is not None else MoESettings.from_environment()
-        self.consistency = (ConsistencySettings.from_dict(consistency_settings) if consistency_settings is not None
-                            else ConsistencySettings.from_environment())
-        # stored in the checkpoint's .pkl: restoring the trainer rebuilds the same mixture and loss
-        self.init_args = self.init_args + (asdict(self.moe), self.consistency.as_dict())
+        settings = settings_of_old_checkpoint(settings, moe_settings, consistency_settings)
+        self.use_finetune_settings(settings)  # it continues the baseline, like its control
+        self.moe = group_from(settings, "moe", MoESettings)
+        self.consistency = ConsistencySettings.of_trainer(self.CONSISTENCY_KIND, type(self).__name__, settings)
         self.unlabeled_gen = None
         self.moe_log: List[dict] = []
         self._epoch_stats: List[dict] = []
         self._grad_share: Optional[Dict[str, float]] = None  # measured on the epoch's first unlabelled iteration
+
+    def method_settings(self) -> dict:
+        return {**super().method_settings(), "moe": self.moe.as_record(),
+                "consistency": self.consistency.as_record()}
 
     # ------------------------------------------------------------------ setup
     def initialize_network(self):

@@ -23,10 +23,10 @@ class nnUNetTrainerV2_moe_DDP(DistributedTraining, nnUNetTrainerV2_moe):
     def __init__(self, plans_file, fold, output_folder=None, dataset_directory=None, batch_dice=True, stage=None,
                  unpack_data=True, deterministic=True, fp16=False, moe_settings: Optional[dict] = None,
                  consistency_settings: Optional[dict] = None, local_rank: Optional[int] = None,
-                 distribute_batch_size: bool = False):
+                 distribute_batch_size: bool = False, settings: Optional[dict] = None):
         super().__init__(plans_file, fold, output_folder, dataset_directory, batch_dice, stage, unpack_data,
-                         deterministic, fp16, moe_settings, consistency_settings)
-        self.init_args = self.init_args + (local_rank, distribute_batch_size)
+                         deterministic, fp16, moe_settings, consistency_settings, settings=settings)
+        self.init_args = self.init_args + (None, None, local_rank, distribute_batch_size)
         self.init_distributed_training(local_rank, distribute_batch_size)
 
     def balance_loss(self, gate: GateDecision) -> torch.Tensor:

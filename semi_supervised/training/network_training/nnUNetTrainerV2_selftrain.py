@@ -31,26 +31,11 @@ from nnunet.training.data_augmentation.default_data_augmentation import get_more
 from nnunet.training.dataloading.dataset_loading import DataLoader2D, DataLoader3D, load_dataset
 from nnunet.training.dataloading.unlabeled_loader import unlabeled_cases_folder
 from nnunet.training.network_training.nnUNetTrainerV2_finetune import nnUNetTrainerV2_finetune
+from nnunet.training.settings import SelfTrainSettings, group_from
 from nnunet.utilities.atomic_files import replace_atomically, write_pickle_atomically
 
-ROUNDS_ENVIRONMENT, THRESHOLD_ENVIRONMENT = "SELFTRAIN_ROUNDS", "SELFTRAIN_THRESHOLD"
-DEFAULT_ROUNDS, DEFAULT_THRESHOLD = 1, 0.8
 UNCERTAIN_LESION_PROBABILITY = 0.05
 CLASS_LOCATION_SAMPLES = 10000  # as nnU-Net's preprocessing, for its foreground oversampling
-
-
-def settings_from_environment() -> Tuple[int, float]:
-    rounds_raw, threshold_raw = os.environ.get(ROUNDS_ENVIRONMENT, ""), os.environ.get(THRESHOLD_ENVIRONMENT, "")
-    try:
-        rounds = int(rounds_raw) if rounds_raw else DEFAULT_ROUNDS
-        threshold = float(threshold_raw) if threshold_raw else DEFAULT_THRESHOLD
-    except ValueError:
-        raise ValueError(f"{ROUNDS_ENVIRONMENT}={rounds_raw!r} / {THRESHOLD_ENVIRONMENT}={threshold_raw!r}: expected "
-                         f"an integer and a number")
-    if rounds < 1 or not 0 <= threshold <= 1:
-        raise ValueError(f"{ROUNDS_ENVIRONMENT}={rounds} must be >= 1 and {THRESHOLD_ENVIRONMENT}={threshold} "
-                         f"in [0, 1]")
-    return rounds, threshold
 
 
 def case_confidence(softmax: np.ndarray) -> float:
@@ -78,16 +63,21 @@ def class_locations(seg: np.ndarray, classes: List[int]) -> Dict[int, np.ndarray
 class nnUNetTrainerV2_selftrain(nnUNetTrainerV2_finetune):
     def __init__(self, plans_file, fold, output_folder=None, dataset_directory=None, batch_dice=True, stage=None,
                  unpack_data=True, deterministic=True, fp16=False, rounds: Optional[int] = None,
-                 threshold: Optional[float] = None):
+                 threshold: Optional[float] = None, settings: Optional[dict] = None):
+        """settings: the checkpoint's settings by name (patch 0009); None: from the environment (SELFTRAIN_ROUNDS,
+        SELFTRAIN_THRESHOLD, FINETUNE_LR). rounds, threshold: only from checkpoints written before settings were
+        stored by name."""
         super().__init__(plans_file, fold, output_folder, dataset_directory, batch_dice, stage, unpack_data,
-                         deterministic, fp16)
-        default_rounds, default_threshold = settings_from_environment() if rounds is None or threshold is None \
-            else (rounds, threshold)
-        self.rounds = rounds if rounds is not None else default_rounds
-        self.threshold = threshold if threshold is not None else default_threshold
-        self.init_args = self.init_args + (self.rounds, self.threshold)
+                         deterministic, fp16, settings=settings)
+        if settings is None and rounds is not None:
+            settings = {"selftrain": {"rounds": rounds, "threshold": threshold}}
+        self.selftrain = group_from(settings, "selftrain", SelfTrainSettings)
+        self.rounds, self.threshold = self.selftrain.rounds, self.selftrain.threshold
         self.labeled_dataset: Optional[dict] = None
         self.current_phase: Optional[Tuple[int, bool]] = None
+
+    def method_settings(self) -> dict:
+        return {**super().method_settings(), "selftrain": self.selftrain.as_record()}
 
     # ------------------------------------------------------------------ the schedule
     def phase(self, epoch: int) -> Tuple[int, bool]:
