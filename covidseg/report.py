@@ -240,6 +240,16 @@ def score(folders: Dict[str, Path], predictions_of, references: Path, tolerance_
     return scores, missing
 
 
+def trained_models(folders: Dict[str, Path]) -> Dict[str, Path]:
+    """The models of `folders` that are trained (an ensemble: when its members are)."""
+    def trained(name: str) -> bool:
+        method = METHODS[name]
+        if method.is_ensemble:
+            return all(trained(m) for m in method.members)
+        return (folders[name] / CHECKPOINT).is_file()
+    return {name: folder for name, folder in folders.items() if trained(name)}
+
+
 def held_out_section(task: str, folders: Dict[str, Path], tolerance_mm: float,
                      out: Path) -> Tuple[List[str], List[str]]:
     """(the report's "Test set" lines, its figures); nothing when the task has no held-out test set."""
@@ -282,7 +292,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     references = ground_truth_dir(task)
     if not references.is_dir():
         raise WorkflowError(f"no reference segmentations in {references}: run 'make preprocess' first")
-    folders = model_folders(task, args.plans, args.fold, args)
+    every_model = model_folders(task, args.plans, args.fold, args)
+    folders = trained_models(every_model)
+    untrained = [name for name in every_model if name not in folders]
     scores, missing = score(folders, validation_predictions_dir, references, args.tolerance_mm, "validation")
     if not scores:
         raise WorkflowError(f"no model of {task} fold {args.fold} has validation predictions: run 'make baseline'")
@@ -295,7 +307,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     test_lines, figures = held_out_section(task, folders, args.tolerance_mm, out)
     validation = [f"## Validation (fold {args.fold})", ""] + markdown_table(summaries, missing, lacking,
                                                                            args.tolerance_mm)
-    signal = unlabelled_signal_section(folders["moe"] / "moe_log.json")
+    if untrained:
+        validation.append(f"- not trained (no final checkpoint under RESULTS_FOLDER): {', '.join(untrained)}")
+    signal = unlabelled_signal_section(every_model["moe"] / "moe_log.json")
     summary = header(task, args.fold, folders) + [""] + test_lines + signal + validation
     lines = list(summary)
     write_csv(scores, out / "metrics.csv", summaries)
@@ -313,7 +327,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                          validation_predictions_dir("moe", folders["moe"]) / f"{case}.nii.gz",
                          out / f"overlay_{case}.png")
             figures.append(f"overlay_{case}.png")
-    if "moe" not in missing and plot_moe_training(folders["moe"] / "moe_log.json", out / "moe_training.png"):
+    if "moe" in scores and plot_moe_training(folders["moe"] / "moe_log.json", out / "moe_training.png"):
         figures.append("moe_training.png")
     lines += ["", "Metrics: Dice; normalised surface Dice (NSD) at the tolerance; HD95 in mm; volume error in ml. "
               "Both masks empty: Dice = NSD = 1, HD95 = 0. One empty: Dice = NSD = 0, HD95 undefined (counted, "

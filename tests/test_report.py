@@ -86,7 +86,8 @@ def test_missing_model_and_lacking_cases_are_reported(moe_workflow, tmp_path):
     shutil.copy(references / case.name, references / "extra_case.nii.gz")
     env = dict(moe_workflow.env, RESULTS_FOLDER=str(results), nnUNet_preprocessed=str(tmp_path / "preprocessed"))
     out = run_command("report", *moe_workflow.workflow_args(), "--output", str(tmp_path / "r"), env=env).stdout
-    assert "moe: missing" in out
+    assert "not trained (no final checkpoint under RESULTS_FOLDER): " in out
+    assert "moe" in out.split("not trained (no final checkpoint under RESULTS_FOLDER): ")[1].splitlines()[0]
     assert "lowres: lacks 1 case(s) the others have: extra_case" in out
     assert "ensemble: lacks 1 case(s)" in out and "fullres: lacks" not in out
 
