@@ -66,7 +66,9 @@ MASTER_PORT ?=
 FINETUNE_LR ?=
 CONTROL_TRAINER ?= nnUNetTrainerV2_finetune
 # the mixture of experts (make weights / semi; empty: the trainer's defaults, see README)
-MOE_TRAINER ?= nnUNetTrainerV2_moe
+# ROUTING=site: the site oracle, nnUNetTrainerV2_moe_site (each training case to its site's expert; needs sites.csv)
+ROUTING ?= gate
+MOE_TRAINER ?= $(if $(filter site,$(ROUTING)),nnUNetTrainerV2_moe_site,nnUNetTrainerV2_moe)
 EXPERTS ?=
 TOP_K ?=
 INFERENCE_TOP_K ?=
@@ -79,7 +81,13 @@ PERTURBATION ?=
 WARMUP_EPOCHS ?=
 RAMPUP_EPOCHS ?=
 BALANCE_ALPHA ?=
+# the gate (empty: stem, 0.05; see README), the usage it is balanced over (decay 0.9) and the supervised loss
+GATE_FEATURES ?=
+GATE_NOISE ?=
+BALANCE_DECAY ?=
+SUPERVISED_LOSS ?=
 TRANSFER_NOISE ?=
+TRANSFER_REINIT ?=
 # make selftrain (empty: 1 round, drop cases below 0.8 confidence) and make meanteacher (empty: decay 0.99)
 SELFTRAIN_ROUNDS ?=
 SELFTRAIN_THRESHOLD ?=
@@ -128,7 +136,12 @@ export MOE_NUM_EXPERTS := $(EXPERTS)
 export MOE_TOP_K := $(TOP_K)
 export MOE_INFERENCE_TOP_K := $(INFERENCE_TOP_K)
 export MOE_BALANCE_ALPHA := $(BALANCE_ALPHA)
+export MOE_BALANCE_DECAY := $(BALANCE_DECAY)
+export MOE_GATE_FEATURES := $(GATE_FEATURES)
+export MOE_GATE_NOISE := $(GATE_NOISE)
+export MOE_SUPERVISED_LOSS := $(SUPERVISED_LOSS)
 export MOE_TRANSFER_NOISE := $(TRANSFER_NOISE)
+export MOE_TRANSFER_REINIT := $(TRANSFER_REINIT)
 export CONSISTENCY_LAMBDA_MAX := $(LAMBDA_MAX)
 export CONSISTENCY_WARMUP_EPOCHS := $(WARMUP_EPOCHS)
 export CONSISTENCY_RAMPUP_EPOCHS := $(RAMPUP_EPOCHS)
@@ -179,10 +192,12 @@ help:
 ##               SELFTRAIN_THRESHOLD=0.8 FINETUNE_LR EPOCHS ITERS VAL_ITERS FORCE=]
 ##   meanteacher 3d_fullres + EMA teacher, the MoE's weak-to-strong consistency without experts [EMA_DECAY=0.99
 ##               CONFIDENCE_THRESHOLD PERTURBATION LAMBDA_MAX WARMUP_EPOCHS RAMPUP_EPOCHS FINETUNE_LR EPOCHS FORCE=]
-##   weights     baseline 3d_fullres checkpoint -> MoE initialisation [FOLD TRANSFER_NOISE=0.001 EXPERTS=3 TOP_K=2 FORCE=]
-##   semi        train MOE_TRAINER (nnUNetTrainerV2_moe; nnUNetTrainerV2_moe_cps: cps) from it, validate, Dice vs
+##   weights     baseline 3d_fullres checkpoint -> MoE initialisation [FOLD TRANSFER_NOISE=0.001 TRANSFER_REINIT=0.25
+##               EXPERTS=3 TOP_K=2 FORCE=]
+##   semi        train MOE_TRAINER (nnUNetTrainerV2_moe; nnUNetTrainerV2_moe_cps: cps; ROUTING=site: the site
+##               oracle nnUNetTrainerV2_moe_site) from it, validate, Dice vs
 ##               baseline [EXPERTS TOP_K CONFIDENCE_THRESHOLD PERTURBATION LAMBDA_MAX WARMUP_EPOCHS RAMPUP_EPOCHS BALANCE_ALPHA FINETUNE_LR
-##               EPOCHS ITERS VAL_ITERS SAVE_EVERY NPROC_PER_NODE NNODES FORCE=]
+##               GATE_FEATURES GATE_NOISE BALANCE_DECAY SUPERVISED_LOSS EPOCHS ITERS VAL_ITERS SAVE_EVERY NPROC_PER_NODE NNODES FORCE=]
 ##   evaluate    every trained model segments the held-out test set (imagesTs/) into its folder; resumable
 ##               [FOLD TTA=1]
 ##   predict     INPUT=<dir|file> OUTPUT=<dir> [MODEL=moe|moe_cps|control|selftrain|meanteacher|fullres|lowres|ensemble

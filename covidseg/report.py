@@ -187,6 +187,11 @@ def plot_moe_training(moe_log: Path, path: Path) -> bool:
     return bool(log)
 
 
+DIAGNOSTIC_ROWS = ("expert_lesion_dice", "consistency_grad_share", "consistency_grad_cosine", "disagreement",
+                   "confident_fraction", "confident_fraction_lesion", "gate_entropy", "gate_entropy_noisy",
+                   "gate_signal_to_noise", "route_site_mi")
+
+
 def unlabelled_signal_section(moe_log: Path) -> List[str]:
     """What the unlabelled term did after the ramp-up (the MoE's moe_log.json), as a Markdown section."""
     from nnunet.utilities.moe_progress import diagnostics_after_rampup
@@ -196,12 +201,18 @@ def unlabelled_signal_section(moe_log: Path) -> List[str]:
         return []
     lines = ["## The MoE's unlabelled signal after the ramp-up", "",
              f"Epochs {summary['epochs'][0]}-{summary['epochs'][-1]} at full consistency weight (moe_log.json; "
-             f"moe_training.png plots every epoch). consistency_grad_share: |gradient of lambda x consistency| / "
-             f"|gradient of the supervised loss| over the shared weights (target >= 0.05).", "",
-             "| diagnostic | mean | min | max |", "|---|---|---|---|"]
-    for key in ("consistency_grad_share", "disagreement", "confident_fraction", "gate_entropy"):
-        values = summary[key]
-        lines.append(f"| {key} | " + (" | ".join(f"{v:.4f}" for v in values) if values else "- | - | -") + " |")
+             f"moe_training.png plots every epoch). expert_lesion_dice: Dice between the chosen experts' lesion "
+             f"predictions on the unlabelled weak view (1: the experts are copies; goal <= 0.90). "
+             f"consistency_grad_share: |gradient of lambda x consistency| / |gradient of the supervised loss| over "
+             f"the shared weights (target >= 0.05). gate_entropy is the noise-free gate's (log E = "
+             f"{np.log(len(log[-1]['usage'])):.2f}: it cannot tell the experts apart); gate_signal_to_noise below 1: "
+             f"the training noise, not the scan, routes. route_site_mi: bits between the noise-free top-1 expert "
+             f"and the scanner site (needs a site table).", "",
+             f"| diagnostic | mean | min | max | last epoch ({log[-1]['epoch']}) |", "|---|---|---|---|---|"]
+    for key in DIAGNOSTIC_ROWS:
+        values, last = summary.get(key), log[-1].get(key)
+        lines.append(f"| {key} | " + (" | ".join(f"{v:.4f}" for v in values) if values else "- | - | -")
+                     + f" | {'-' if last is None else f'{last:.4f}'} |")
     return lines + [""]
 
 

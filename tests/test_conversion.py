@@ -158,6 +158,20 @@ def test_labeled_site_converts_with_the_site_table(tmp_path):
                                sum(sites[n] == "B" for n in split["labeled"] + split["unlabeled_from_train"]))
 
 
+def test_a_site_table_is_recorded_in_split_json_without_a_site_bias(tmp_path):
+    """The MoE's routing diagnostics (route_site_mi) read each case's site from split.json."""
+    from dataclasses import replace
+    from covidseg.data.phantoms import write_download
+    from tests.helpers import TINY
+    download = tmp_path / "download"
+    write_download(download, n_train=6, n_validation=1, seed=3, settings=replace(TINY, sites=2))
+    assert convert(download, tmp_path / "raw", "--labeled-fraction", "0.5") == 0
+    split = json.loads((task_dir(tmp_path / "raw") / "split.json").read_text())
+    table = pd.read_csv(download / "sites.csv")
+    assert "labeled_site" not in split
+    assert split["sites"] == {n: s for n, s in zip(table.case, table.site)}
+
+
 def test_labeled_site_without_a_site_table_is_refused_by_name(synthetic_download, tmp_path, capsys):
     assert convert(synthetic_download, tmp_path, "--labeled-site", "A") == 1
     err = capsys.readouterr().err

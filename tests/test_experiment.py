@@ -13,7 +13,7 @@ import pytest
 from covidseg.data.phantoms import write_download
 from tests.helpers import TINY, run_env
 
-METHODS = ("fullres", "control", "moe", "moe_cps")
+METHODS = ("fullres", "control", "moe", "moe_cps", "moe_site")
 TINY_BUDGET = ["--size", "cpu", "--epochs", "2", "--finetune-epochs", "2", "--iterations", "3", "--val-iterations",
                "1", "--warmup-epochs", "0", "--rampup-epochs", "1"]
 
@@ -58,7 +58,8 @@ def test_experiment_trains_evaluates_and_tabulates_every_method(tiny_experiment)
     assert (root / "exp" / "dice_vs_labeled_fraction.png").stat().st_size > 10000
     run = root / "exp" / "runs" / "lf0.5_seed0"
     models = run / "results" / "nnUNet" / "3d_fullres" / "Task200_COVID_19_20"  # one RESULTS_FOLDER per run
-    for trainer in ("nnUNetTrainerV2", "nnUNetTrainerV2_finetune", "nnUNetTrainerV2_moe", "nnUNetTrainerV2_moe_cps"):
+    for trainer in ("nnUNetTrainerV2", "nnUNetTrainerV2_finetune", "nnUNetTrainerV2_moe", "nnUNetTrainerV2_moe_cps",
+                    "nnUNetTrainerV2_moe_site"):
         model = models / f"{trainer}__nnUNetPlans_CPUDemo" / "all"
         assert (model / "model_final_checkpoint.model").is_file()
         assert not (model / "validation_raw").exists()  # fold all: no inference on its own training cases
@@ -69,6 +70,12 @@ def test_experiment_trains_evaluates_and_tabulates_every_method(tiny_experiment)
         with open(model / "model_final_checkpoint.model.pkl", "rb") as f:
             assert pickle.load(f)["settings"]["consistency"]["kind"] == kind
         assert json.loads((model / "moe_log.json").read_text())[-1]["confident_fraction"] is not None
+    for trainer in ("nnUNetTrainerV2_moe", "nnUNetTrainerV2_moe_site"):  # the sites reach the trainers (split.json)
+        log = json.loads((models / f"{trainer}__nnUNetPlans_CPUDemo" / "all" / "moe_log.json").read_text())
+        assert log[-1]["route_site_samples"] > 0 and 0 <= log[-1]["route_site_mi"] <= 1
+    oracle = models / "nnUNetTrainerV2_moe_site__nnUNetPlans_CPUDemo" / "all"
+    assert json.loads((oracle / "settings.json").read_text())["settings"]["moe"]["top_k"] == 1
+    assert "| moe - moe_site |" in text
     assert "| moe | 2 epochs x 3 iterations, initial LR 0.01 |" in text
     split = json.loads((run / "raw" / "nnUNet_raw_data" / "Task200_COVID_19_20" / "split.json").read_text())
     assert split["labeled_site"] == "A" and split["labeled_site_share"] == 0.8

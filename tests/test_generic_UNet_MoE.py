@@ -68,8 +68,8 @@ def test_top_k_picks_the_largest_logits_and_softmaxes_them(dim):
     net = randomize_gate(tiny_moe(dim, num_experts=4, top_k=2)).eval()
     x = batch(dim)
     bottleneck, _ = net.encode(x)
-    logits = net.gate.w_gate(bottleneck.mean(dim=tuple(range(2, bottleneck.dim()))))
-    decision = net.gate(bottleneck, 2)
+    logits = net.gate.w_gate(net.gate.standardize(net.gate_input(bottleneck)))
+    decision = net.decide(bottleneck, 2)
     expected = logits.topk(2, dim=1)
     assert torch.equal(decision.indices, expected.indices)
     assert torch.allclose(decision.weights, torch.softmax(expected.values, 1))
@@ -80,17 +80,17 @@ def test_gate_noise_only_in_training():
     net = randomize_gate(tiny_moe(3, num_experts=3, top_k=1))
     bottleneck, _ = net.encode(batch(3, n=8))
     net.eval()
-    assert torch.equal(net.gate(bottleneck, 1).probs, net.gate(bottleneck, 1).probs)
+    assert torch.equal(net.decide(bottleneck, 1).probs, net.decide(bottleneck, 1).probs)
     net.train()
-    assert not torch.equal(net.gate(bottleneck, 1).probs, net.gate(bottleneck, 1).probs)
+    assert not torch.equal(net.decide(bottleneck, 1).probs, net.decide(bottleneck, 1).probs)
 
 
 def route_samples_to(net, x, top_logits):
     """Set the gate's weights so that sample b gets (roughly) the logits top_logits[b]."""
     with torch.no_grad():
         bottleneck, _ = net.encode(x)
-        pooled = bottleneck.mean(dim=tuple(range(2, bottleneck.dim())))
-        net.gate.w_gate.weight.copy_((torch.linalg.pinv(pooled) @ top_logits).T)
+        features = net.gate.standardize(net.gate_input(bottleneck))  # (the net is in eval mode: no update)
+        net.gate.w_gate.weight.copy_((torch.linalg.pinv(features) @ top_logits).T)
 
 
 @pytest.mark.parametrize("dim", DIMS)
@@ -148,7 +148,9 @@ def test_state_dict_names_follow_generic_unet(dim):
         prefix = f"experts.{expert}."
         assert {k[len(prefix):]: s for k, s in moe.items() if k.startswith(prefix)} == \
             {k: s for k, s in unet.items() if k in expert_layers}
-    assert sorted(k for k in moe if k.startswith("gate.")) == ["gate.w_gate.weight", "gate.w_noise.weight"]
+    assert sorted(k for k in moe if k.startswith("gate.")) == [
+        "gate.standardize.count", "gate.standardize.mean", "gate.standardize.mean_square", "gate.w_gate.weight",
+        "gate.w_noise.weight"]
 
 
 @pytest.mark.parametrize("dim", DIMS)
@@ -188,7 +190,7 @@ def test_last_routing_sums_pair_activations_per_sample(dim):
             for slot in range(2):
                 bottleneck, skips = net.encode(x[b:b + 1])
                 net.do_ds = False
-                expert = int(net.gate(bottleneck, 2).indices[0, slot])
+                expert = int(net.decide(bottleneck, 2).indices[0, slot])
                 reference = {}
                 handle = last_block.register_forward_hook(lambda _m, _i, out: reference.__setitem__("a", out))
                 net.decode(expert, bottleneck, skips)
@@ -249,7 +251,7 @@ def test_routed_outputs_equal_each_experts_own_modules(dim, mode):
     route_samples_to(net, x, torch.tensor([[3., 2, 0], [0, 3, 2], [2, 0, 3], [3, 0, 2]]))
     with torch.no_grad():
         bottleneck, skips = net.encode(x)
-        decision = net.gate(bottleneck, int(mode[-1]))
+        decision = net.decide(bottleneck, int(mode[-1]))
         assert len(torch.unique(decision.indices[:, 0])) == 3  # the batch really is split among the experts
         out = net(x)
         combined = out.combined if net.do_ds else (out,)

@@ -18,7 +18,7 @@ def test_the_moe_and_its_control_get_the_same_budget_from_the_same_model():
 
 def test_an_unknown_method_is_named():
     with pytest.raises(ValueError, match="unknown method.*nope.*known: fullres, control, selftrain, meanteacher, moe, "
-                                         "moe_cps"):
+                                         "moe_cps, moe_site"):
         resolve(["moe", "nope"])
     with pytest.raises(ValueError, match="unknown method.*lowres"):  # a model, but not a method of the experiment
         resolve(["lowres"])

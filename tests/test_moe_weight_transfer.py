@@ -38,6 +38,29 @@ def test_perturbation_makes_experts_differ_but_stay_close(dim):
     assert 0 < differences[1] < 0.05 and 0 < differences[2] < 0.05
 
 
+@pytest.mark.parametrize("dim", DIMS)
+def test_partial_reinitialisation_redraws_a_share_of_each_experts_channels(dim):
+    """Drop-Upcycling: experts 1..E-1 keep (1 - reinit) of each layer's channels and draw the rest afresh from the
+    copied tensor's distribution, each its own channels; expert 0 stays the baseline."""
+    baseline, moe = tiny_unet(dim), tiny_moe(dim, num_experts=3)
+    state, _ = transfer_state_dict(baseline.state_dict(), moe, perturbation=0.0, reinit=0.5)
+    source = baseline.state_dict()["tu.0.weight"]
+    assert torch.equal(state["experts.0.tu.0.weight"], source)
+    redrawn = []
+    for expert in (1, 2):
+        value = state[f"experts.{expert}.tu.0.weight"]
+        changed = [c for c in range(value.shape[1]) if not torch.equal(value[:, c], source[:, c])]
+        assert len(changed) == round(0.5 * value.shape[1])
+        kept = [c for c in range(value.shape[1]) if c not in changed]
+        assert torch.equal(value[:, kept], source[:, kept])
+        assert abs(value[:, changed].std() - source.std()) < source.std()  # drawn with the copy's scale
+        redrawn.append(changed)
+    assert redrawn[0] != redrawn[1] or not torch.equal(state["experts.1.tu.0.weight"], state["experts.2.tu.0.weight"])
+    moe.load_state_dict(state)
+    differences = forced_expert_differences(baseline, moe, batch(dim, n=2))
+    assert differences[0] < 1e-5 and differences[1] > 1e-3 and differences[2] > 1e-3
+
+
 def test_a_baseline_of_another_shape_is_refused():
     baseline = tiny_unet(3)
     state = dict(baseline.state_dict())

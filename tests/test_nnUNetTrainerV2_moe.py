@@ -9,7 +9,8 @@ import torch
 
 from tests.helpers import FOLD, PLANS
 
-MOE = dict(num_experts=3, top_k=2, balance_alpha=0.01)
+MOE = dict(num_experts=3, top_k=2, balance_alpha=0.01, balance_decay=0.9, gate_features="stem", gate_noise=0.05,
+           supervised_loss="gate_weighted")
 CONSISTENCY = dict(kind="weak_strong", threshold=0.5, lambda_max=0.3, warmup_epochs=0, rampup_epochs=1)
 
 
@@ -19,8 +20,8 @@ def make_trainer(workflow, output, dataset_directory=None, consistency=None, **o
                                   output_folder=str(output),
                                   dataset_directory=str(dataset_directory or workflow.preprocessed_task),
                                   batch_dice=True, stage=1, unpack_data=True, deterministic=False, fp16=True,
-                                  moe_settings={**MOE, **overrides},
-                                  consistency_settings={**CONSISTENCY, **(consistency or {})})
+                                  settings={"moe": {**MOE, **overrides},
+                                            "consistency": {**CONSISTENCY, **(consistency or {})}})
     trainer.max_num_epochs, trainer.num_batches_per_epoch, trainer.num_val_batches_per_epoch = 1, 2, 1
     return trainer
 
@@ -66,7 +67,8 @@ def test_iterations_use_unlabelled_batches_update_the_gate_and_let_identical_exp
     losses = [trainer.run_iteration(trainer.tr_gen, do_backprop=True) for _ in range(3)]
     assert all(np.isfinite(loss) for loss in losses)
     assert all(s["consistency"] > 0 for s in trainer._epoch_stats)  # the unlabelled batch was used
-    assert trainer._grad_share["consistency_grad_share"] > 0  # measured on the first iteration only
+    probes = trainer._gradient_probes  # measured on the first GRADIENT_PROBES iterations
+    assert len(probes) == 3 and all(p["consistency_grad_share"] > 0 for p in probes)
     assert not torch.equal(gate_before, trainer.network.gate.w_gate.weight)
     params = [torch.cat([p.flatten() for p in e.parameters()]) for e in experts]
     assert not torch.equal(params[0], params[1]) and not torch.equal(params[1], params[2])
@@ -131,10 +133,14 @@ def test_resume_continues_the_epoch_count_and_the_moe_log(workflow, tmp_path):
     assert all(len(e["usage"]) == 3 and sum(e["usage"]) == pytest.approx(1, abs=1e-3) for e in log)
     for entry in log:  # the unlabelled term's diagnostics, every epoch (warm-up 0)
         assert all(0 <= entry[key] <= 1 for key in ("disagreement", "confident_fraction"))
-        assert 0 < entry["consistency_grad_share"] < 100
-        assert 0 <= entry["gate_entropy"] <= np.log(3) + 1e-6
+        assert all(entry[key] is None or 0 <= entry[key] <= 1
+                   for key in ("expert_lesion_dice", "confident_fraction_lesion"))
+        assert 0 < entry["consistency_grad_share"] < 100 and -1 <= entry["consistency_grad_cosine"] <= 1
+        assert 0 <= entry["gate_entropy"] <= np.log(3) + 1e-6 and 0 <= entry["gate_entropy_noisy"] <= np.log(3) + 1e-6
+        assert entry["gate_signal_to_noise"] > 0
     text = "".join(p.read_text() for p in folder.glob("training_log_*.txt"))
-    assert "consistency_grad_share" in text and "gate_entropy" in text
+    assert all(key in text for key in ("expert_lesion_dice", "consistency_grad_cosine", "gate_entropy_noisy",
+                                       "gate_signal_to_noise", "route_site_mi"))
 
 
 def test_an_empty_unlabelled_pool_stops_training_with_instructions(workflow, tmp_path):

@@ -34,9 +34,10 @@ def moe_trainer(cls, network, loss):
     trainer = cls.__new__(cls)
     trainer.network, trainer.fp16, trainer.amp_grad_scaler, trainer.epoch = network, False, None, 0
     trainer.optimizer = torch.optim.SGD(network.parameters(), lr=0.01, momentum=0.99, nesterov=True)
-    trainer.loss = loss
+    trainer.loss, trainer.ds_loss_weights, trainer.batch_dice = loss, ds_weights(network), True
     trainer.moe, trainer.consistency = MoESettings(balance_alpha=0.5), ConsistencySettings()  # lambda 0 at epoch 0
-    trainer._epoch_stats, trainer._grad_share, trainer.unlabeled_gen = [], None, None
+    trainer.unlabeled_gen, trainer.sites, trainer.routing_usage = None, {}, None
+    trainer.start_epoch_records()
     return trainer
 
 

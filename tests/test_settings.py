@@ -77,5 +77,9 @@ def test_groups_round_trip_by_name_and_a_record_beats_the_environment(monkeypatc
     assert s.ConsistencySettings.of_trainer("weak_strong", "nnUNetTrainerV2_moe", record) == c
     assert s.group_from(record, "moe", s.MoESettings).top_k == 1
     assert s.group_from(None, "moe", s.MoESettings).top_k == 3
-    # a name the group no longer has is ignored; a missing one takes its default
-    assert s.MoESettings.from_record({"top_k": 1, "rampup_epochs": 9}) == s.MoESettings(top_k=1)
+    # a name the group no longer has is ignored; a missing one takes what models recorded before it existed were
+    # trained with (RECORD_DEFAULTS), else its default
+    assert s.MoESettings.from_record({"top_k": 1, "rampup_epochs": 9}) == s.MoESettings(
+        top_k=1, balance_decay=0.0, gate_features="bottleneck", supervised_loss="mean_and_combined")
+    assert s.MoESettings.from_record({"top_k": 1}).gate_noise == s.MoESettings().gate_noise
+    assert s.WeightTransferSettings.from_record({"noise": 1e-3}).reinit == 0.0

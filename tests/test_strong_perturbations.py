@@ -71,19 +71,68 @@ def test_cutmix_leaves_a_single_sample_alone():
 
 
 @pytest.mark.parametrize("dim", [2, 3])
-def test_bottleneck_dropout_acts_only_inside_its_block(dim):
-    from nnunet.training.data_augmentation.strong_perturbations import bottleneck_dropout
+def test_feature_dropout_perturbs_skips_and_bottleneck_only_inside_its_block(dim):
+    from nnunet.training.data_augmentation.strong_perturbations import feature_dropout
     network = tiny_unet(dim)
     network.do_ds = False
     x = batch(dim, n=2)
+    def stage_outputs(run):
+        seen = {}
+        handles = [stage.register_forward_hook(lambda m, i, out, d=d: seen.__setitem__(d, out))
+                   for d, stage in enumerate(network.conv_blocks_context)]  # after any dropout hook: sees its result
+        output = run()
+        for handle in handles:
+            handle.remove()
+        return output, seen
+
     with torch.no_grad():
-        reference = network(x)
+        reference, clean = stage_outputs(lambda: network(x))
         torch.manual_seed(0)
-        with bottleneck_dropout(network, 0.5):
-            perturbed = network(x)
+        with feature_dropout(network, 0.5):
+            perturbed, dropped = stage_outputs(lambda: network(x))
         after = network(x)
     assert not torch.allclose(perturbed, reference)
     assert torch.equal(after, reference)
+    # every encoder stage's output (the skips, then the bottleneck) has whole channels zeroed
+    for d in clean:
+        zeroed = (dropped[d].flatten(2).abs().sum(2) == 0) & (clean[d].flatten(2).abs().sum(2) > 0)
+        assert zeroed.any(), f"stage {d} was not perturbed"
+
+
+def perturb_intensities(x, perturbation):
+    from nnunet.training.data_augmentation.strong_perturbations import perturb_intensities as perturb
+    return perturb(x, perturbation)
+
+
+def segmentation_of(network, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.softmax(network(x), 1)
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+@pytest.mark.parametrize("name,strength", [("noise_std", 0.5), ("blur_sigma", 1.5), ("gamma", 0.5),
+                                           ("lowres", 3.0)])
+def test_each_intensity_perturbation_changes_the_networks_output(dim, name, strength):
+    """A strong view must perturb what the network cannot normalise away (its first InstanceNorm undoes a
+    per-sample affine change of the intensities)."""
+    off = dict(noise_std=0, blur_sigma=0, brightness=0, contrast=0, gamma=0, lowres=1, cutmix=0)
+    network = tiny_unet(dim)
+    network.do_ds = False
+    x = batch(dim, n=2)
+    torch.manual_seed(0)
+    strong = perturb_intensities(x, settings(probability=1.0, **{**off, name: strength}))
+    change = (segmentation_of(network, strong) - segmentation_of(network, x)).abs().mean()
+    assert change > 1e-3, f"{name} left the output unchanged ({change:.2e})"
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_brightness_is_undone_by_the_first_instance_norm_so_it_is_off_by_default(dim):
+    network = tiny_unet(dim)
+    network.do_ds = False
+    x = batch(dim, n=2)
+    assert settings().brightness == 0 and settings().contrast == 0
+    change = (segmentation_of(network, x * 1.3) - segmentation_of(network, x)).abs().max()
+    assert change < 1e-4
 
 
 def test_settings_from_the_environment(monkeypatch):

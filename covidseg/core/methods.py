@@ -61,6 +61,9 @@ METHODS: Dict[str, Method] = {m.name: m for m in (
     Method("moe_cps", "the same mixture with cross pseudo-supervision between the experts on one view",
            "nnUNetTrainerV2_moe_cps", "make semi MOE_TRAINER=nnUNetTrainerV2_moe_cps", commands=("weights", "semi"),
            requires=("fullres",), finetunes=True),
+    Method("moe_site", "the mixture with an oracle router: each training case goes to its site's expert (sites.csv), "
+           "the gate learns to imitate that and routes at inference", "nnUNetTrainerV2_moe_site",
+           "make semi ROUTING=site", commands=("weights", "semi"), requires=("fullres",), finetunes=True),
 )}
 
 EXPERIMENT_METHODS = tuple(name for name, m in METHODS.items() if m.in_experiment)

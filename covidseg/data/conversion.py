@@ -62,6 +62,7 @@ class Download:
     extra_unlabeled: Dict[str, Path] = field(default_factory=dict)  # case id -> file
     root: Optional[Path] = None
     site_bias: Optional["SiteBias"] = None
+    sites: Dict[str, str] = field(default_factory=dict)  # case id -> site, from the site table when there is one
 
     def ct(self, name: str) -> Path:
         if name in self.extra_unlabeled:
@@ -187,6 +188,9 @@ def validate(root: Path, extra_unlabeled: Optional[Path], labeled_site: Optional
                         extra_unlabeled=extra, root=root)
     if labeled_site is not None:
         download.site_bias = read_site_bias(root, labeled_site, labeled_site_share, download.train, problems)
+        download.sites = download.site_bias.sites if download.site_bias else {}
+    elif (root / SITES_FILE).is_file():
+        download.sites = read_site_table(root / SITES_FILE, problems) or {}
     for found in parallel_map(lambda name: labeled_case_problems(download, name), download.train,
                               desc="checking train cases", unit="case"):
         problems.extend(found)
@@ -213,12 +217,8 @@ class SiteBias:
     sites: Dict[str, str]   # case id -> site
 
 
-def read_site_bias(root: Path, site: str, share: float, train: List[str], problems: List[str]) -> Optional[SiteBias]:
-    path = root / SITES_FILE
-    if not path.is_file():
-        problems.append(f"{path}: site table not found (--labeled-site / LABELED_SITE needs one: columns case, site; "
-                        f"'make synthetic SITES=3' writes it)")
-        return None
+def read_site_table(path: Path, problems: List[str]) -> Optional[Dict[str, str]]:
+    """Case id -> site from a site table (columns case, site); None, with the problem noted, when unreadable."""
     try:
         table = pd.read_csv(path, dtype=str)
     except Exception as e:
@@ -228,7 +228,18 @@ def read_site_bias(root: Path, site: str, share: float, train: List[str], proble
     if missing_columns:
         problems.append(f"{path}: no column {', '.join(missing_columns)} (found: {', '.join(table.columns)})")
         return None
-    sites = {case_id(str(c)): str(s) for c, s in zip(table["case"], table["site"])}
+    return {case_id(str(c)): str(s) for c, s in zip(table["case"], table["site"])}
+
+
+def read_site_bias(root: Path, site: str, share: float, train: List[str], problems: List[str]) -> Optional[SiteBias]:
+    path = root / SITES_FILE
+    if not path.is_file():
+        problems.append(f"{path}: site table not found (--labeled-site / LABELED_SITE needs one: columns case, site; "
+                        f"'make synthetic SITES=3' writes it)")
+        return None
+    sites = read_site_table(path, problems)
+    if sites is None:
+        return None
     unlisted = [n for n in train if n not in sites]
     if unlisted:
         problems.append(f"{path}: {len(unlisted)} train case(s) have no site, e.g. {', '.join(unlisted[:3])}")
@@ -302,12 +313,14 @@ def dataset_json(task_name: str, split: Split, unlabeled: List[str], validation:
 
 
 def site_record(download: Download) -> dict:
-    """split.json's record of the site bias and of each case's site (from the site table, when one is used)."""
+    """split.json's record of each case's site (when the download has a site table: the MoE's routing diagnostics
+    and the per-site results read it) and of the site bias (when one is used)."""
     bias = download.site_bias
-    if bias is None:
-        return {}
-    return {"labeled_site": bias.site, "labeled_site_share": bias.share,
-            "sites": {n: bias.sites.get(n) for n in download.train + download.validation if n in bias.sites}}
+    sites = {n: download.sites[n] for n in download.train + download.validation if n in download.sites}
+    record = {"sites": sites} if sites else {}
+    if bias is not None:
+        record.update({"labeled_site": bias.site, "labeled_site_share": bias.share})
+    return record
 
 
 def write_task(download: Download, task_dir: Path, labeled_fraction: float, seed: int, force: bool,

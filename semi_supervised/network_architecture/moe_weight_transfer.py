@@ -3,10 +3,14 @@
 Shared parts (encoder, decoder convolutions) are copied one to one; every expert is initialised from the
 baseline's upsampling layers and segmentation heads; the gate keeps its fresh (zero) initialisation.
 
-Experts that start identical receive identical gradients for identical routing, so they diverge only
-slowly. Experts 1..E-1 therefore get a small perturbation: Gaussian noise with a standard deviation of
-`perturbation` times the standard deviation of each copied weight tensor (convolution weights only;
-default 0.1%). Expert 0 stays an exact copy, so forcing the gate to it reproduces the baseline exactly.
+Experts that start identical receive identical gradients for identical routing, and every loss term is minimised
+by identical experts, so copies stay copies (measured: their lesion predictions agreed at Dice 0.96-0.975 after
+training). Experts 1..E-1 therefore start partly afresh, as in Drop-Upcycling (Nakamura et al., ICLR 2025): in each
+of their weight tensors a random `reinit` share of the channels along dim 1 (the output channels of a transposed
+convolution, the input channels of a 1x1 head) is drawn again from a normal distribution with the copied tensor's
+mean and standard deviation; the rest gets Gaussian noise of `perturbation` times the tensor's standard deviation.
+Each expert draws its own channels (seed `seed`). Expert 0 stays an exact copy, so forcing the gate to it
+reproduces the baseline exactly.
 """
 import re
 from typing import Dict, List, Optional, Tuple
@@ -26,8 +30,21 @@ def baseline_key_for(moe_key: str) -> Optional[str]:
     return match.group(2) if match else moe_key
 
 
+def reinitialise_channels(value: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
+    """`value` with a random `share` of its dim-1 channels drawn from N(mean, std) of the whole tensor."""
+    channels = value.shape[1]
+    count = int(round(share * channels))
+    if count == 0:
+        return value
+    chosen = torch.randperm(channels, generator=generator)[:count]
+    fresh = torch.randn((value.shape[0], count, *value.shape[2:]), generator=generator) * value.std() + value.mean()
+    value = value.clone()
+    value[:, chosen] = fresh
+    return value
+
+
 def transfer_state_dict(baseline_state: Dict[str, torch.Tensor], moe: Generic_UNet_MoE, perturbation: float = 1e-3,
-                        seed: int = 0) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+                        seed: int = 0, reinit: float = 0.0) -> Tuple[Dict[str, torch.Tensor], List[str]]:
     """Return (the MoE state dict, the MoE keys copied from the baseline)."""
     generator = torch.Generator().manual_seed(seed)
     state = {k: v.clone() for k, v in moe.state_dict().items()}
@@ -44,8 +61,10 @@ def transfer_state_dict(baseline_state: Dict[str, torch.Tensor], moe: Generic_UN
             problems.append(f"{key}: shape {tuple(current.shape)} but baseline {source} has {tuple(value.shape)}")
             continue
         match = EXPERT_KEY.match(key)
-        if match and int(match.group(1)) > 0 and perturbation > 0 and value.dim() > 1:
-            value += torch.randn(value.shape, generator=generator) * perturbation * value.std()
+        if match and int(match.group(1)) > 0 and value.dim() > 1:
+            if perturbation > 0:
+                value += torch.randn(value.shape, generator=generator) * perturbation * value.std()
+            value = reinitialise_channels(value, reinit, generator)
         state[key] = value.to(current.dtype)
         copied.append(key)
     used = {baseline_key_for(k) for k in copied}

@@ -50,10 +50,12 @@ def generic_unet(*, num_input_channels: int, base_num_features: int, num_classes
 def generic_unet_moe(*, num_input_channels: int, base_num_features: int, num_classes: int,
                      pool_op_kernel_sizes: Sequence[Sequence[int]], conv_kernel_sizes: Sequence[Sequence[int]],
                      conv_per_stage: int = 2, deep_supervision: bool = True, num_experts: int = 3, top_k: int = 2,
-                     inference_top_k: Optional[int] = None) -> Generic_UNet_MoE:
+                     inference_top_k: Optional[int] = None, gate_features: str = "stem",
+                     gate_noise: float = 0.05) -> Generic_UNet_MoE:
     """The same network with a mixture of decoder experts (see generic_UNet_MoE); its shared layers and every
     expert are shaped exactly like generic_unet's, so a baseline's weights transfer one to one."""
     return Generic_UNet_MoE(*_generic_unet_arguments(num_input_channels, base_num_features, num_classes,
                                                      pool_op_kernel_sizes, conv_kernel_sizes, conv_per_stage,
                                                      deep_supervision),
-                            num_experts=num_experts, top_k=top_k, inference_top_k=inference_top_k)
+                            num_experts=num_experts, top_k=top_k, inference_top_k=inference_top_k,
+                            gate_features=gate_features, gate_noise=gate_noise)

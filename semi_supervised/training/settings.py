@@ -65,6 +65,7 @@ def parse_value(text: str, kind: type, variable: str):
 class SettingsGroup:
     """Base of the frozen settings dataclasses: ENVIRONMENT maps fields to variables; nested groups read their own."""
     ENVIRONMENT: ClassVar[Dict[str, Variable]] = {}
+    RECORD_DEFAULTS: ClassVar[Dict[str, object]] = {}
 
     @classmethod
     def from_environment(cls: Type[T], environ: Optional[Mapping[str, str]] = None, **fixed) -> T:
@@ -89,10 +90,13 @@ class SettingsGroup:
 
     @classmethod
     def from_record(cls: Type[T], record: Mapping) -> T:
-        """From as_record's dict; names the group no longer has are ignored, missing ones take the default."""
+        """From as_record's dict; names the group no longer has are ignored, missing ones take RECORD_DEFAULTS' value
+        (what a model recorded before the field existed was trained with) or else the default."""
         values = {}
         for f in fields(cls):
             if f.name not in record:
+                if f.name in cls.RECORD_DEFAULTS:
+                    values[f.name] = cls.RECORD_DEFAULTS[f.name]
                 continue
             default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
             value = record[f.name]
@@ -113,14 +117,44 @@ class FinetuneSettings(SettingsGroup):
             raise ValueError(f"FINETUNE_LR={self.initial_lr!r}: the initial learning rate must be a number in (0, 1)")
 
 
+SUPERVISED_LOSSES = ("gate_weighted", "mean_and_combined")
+
+
 @dataclass(frozen=True)
 class MoESettings(SettingsGroup):
+    """The mixture: E experts, top-k routing, the gate (what it reads, its initial noise), the supervised loss
+    (gate_weighted: Dice+CE over the (sample, expert) pairs weighted by the gate, which equals the control's loss
+    while the experts are identical; mean_and_combined: the mean per-expert loss plus the combined output's, twice
+    the control's gradient, as models before 2026-12 were trained), and the load-balancing weight and the decay of
+    the expert usage it balances over time."""
     num_experts: int = 3
     top_k: int = 2
     balance_alpha: float = 0.01
+    balance_decay: float = 0.9
+    gate_features: str = "stem"
+    gate_noise: float = 0.05
+    supervised_loss: str = "gate_weighted"
 
     ENVIRONMENT = {"num_experts": Variable("MOE_NUM_EXPERTS", "EXPERTS"), "top_k": Variable("MOE_TOP_K", "TOP_K"),
-                   "balance_alpha": Variable("MOE_BALANCE_ALPHA", "BALANCE_ALPHA")}
+                   "balance_alpha": Variable("MOE_BALANCE_ALPHA", "BALANCE_ALPHA"),
+                   "balance_decay": Variable("MOE_BALANCE_DECAY", "BALANCE_DECAY"),
+                   "gate_features": Variable("MOE_GATE_FEATURES", "GATE_FEATURES"),
+                   "gate_noise": Variable("MOE_GATE_NOISE", "GATE_NOISE"),
+                   "supervised_loss": Variable("MOE_SUPERVISED_LOSS", "SUPERVISED_LOSS")}
+    RECORD_DEFAULTS = {"balance_decay": 0.0, "gate_features": "bottleneck", "supervised_loss": "mean_and_combined"}
+
+    def __post_init__(self):
+        if not 1 <= self.top_k <= self.num_experts:
+            raise ValueError(f"MOE_TOP_K={self.top_k}: top_k must be in [1, num_experts={self.num_experts}], "
+                             f"got {self.top_k}")
+        if self.gate_features not in ("stem", "bottleneck"):
+            raise ValueError(f"MOE_GATE_FEATURES={self.gate_features!r}: expected stem or bottleneck")
+        if self.supervised_loss not in SUPERVISED_LOSSES:
+            raise ValueError(f"MOE_SUPERVISED_LOSS={self.supervised_loss!r}: expected one of "
+                             f"{', '.join(SUPERVISED_LOSSES)}")
+        if not 0 <= self.balance_decay < 1 or self.gate_noise < 0 or self.balance_alpha < 0:
+            raise ValueError(f"MOE_BALANCE_DECAY={self.balance_decay} must be in [0, 1), MOE_GATE_NOISE="
+                             f"{self.gate_noise} and MOE_BALANCE_ALPHA={self.balance_alpha} >= 0")
 
 
 INFERENCE_TOP_K = Variable("MOE_INFERENCE_TOP_K", "INFERENCE_TOP_K")
@@ -134,10 +168,19 @@ def inference_top_k_from_environment(environ: Optional[Mapping[str, str]] = None
 
 @dataclass(frozen=True)
 class WeightTransferSettings(SettingsGroup):
-    """`make weights`: experts 1..E-1 start as the baseline's decoder times (1 + noise x N(0, 1))."""
+    """`make weights`: experts 1..E-1 start as the baseline's decoder with `reinit` of each of their layers' output
+    channels drawn afresh (Drop-Upcycling) and the rest times (1 + noise x N(0, 1)); expert 0 is an exact copy."""
     noise: float = 1e-3
+    reinit: float = 0.25  # measured on the demo (README, "Which options the measurements picked")
 
-    ENVIRONMENT = {"noise": Variable("MOE_TRANSFER_NOISE", "TRANSFER_NOISE")}
+    ENVIRONMENT = {"noise": Variable("MOE_TRANSFER_NOISE", "TRANSFER_NOISE"),
+                   "reinit": Variable("MOE_TRANSFER_REINIT", "TRANSFER_REINIT")}
+    RECORD_DEFAULTS = {"reinit": 0.0}
+
+    def __post_init__(self):
+        if not 0 <= self.reinit <= 1 or self.noise < 0:
+            raise ValueError(f"MOE_TRANSFER_REINIT={self.reinit} must be in [0, 1] and MOE_TRANSFER_NOISE="
+                             f"{self.noise} >= 0")
 
 
 PERTURBATION = Variable("PERTURBATION", "PERTURBATION")
@@ -149,12 +192,12 @@ class PerturbationSettings(SettingsGroup):
     probability: float = 0.8      # chance that each intensity perturbation is applied to a sample
     noise_std: float = 0.1        # additive Gaussian noise, std drawn from [0, noise_std]
     blur_sigma: float = 1.0       # Gaussian blur, sigma drawn from [0.5, blur_sigma] (0: off)
-    brightness: float = 0.25      # intensity x U(1 - b, 1 + b)
-    contrast: float = 0.25        # (x - mean) x U(1 - c, 1 + c) + mean
+    brightness: float = 0.0       # intensity x U(1 - b, 1 + b) (off: the first InstanceNorm undoes it)
+    contrast: float = 0.0         # (x - mean) x U(1 - c, 1 + c) + mean (off: undone like brightness)
     gamma: float = 0.3            # gamma drawn from [1 / (1 + g), 1 + g] on the sample's [min, max] range
     lowres: float = 2.0           # down-sampled by a factor from [1, lowres] per axis, then back (1: off)
     cutmix: float = 0.5           # chance that a sample gets a box from another sample of the batch
-    feature_dropout: float = 0.3  # channel dropout probability on the bottleneck
+    feature_dropout: float = 0.3  # channel dropout probability on the skips and the bottleneck
 
     @classmethod
     def from_string(cls, text: str) -> "PerturbationSettings":

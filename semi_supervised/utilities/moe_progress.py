@@ -7,9 +7,11 @@ matplotlib.use("agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-DIAGNOSTICS = {"disagreement": "expert disagreement (unlabelled voxels)",
-               "confident_fraction": "confident pseudo-labels (fraction)",
+DIAGNOSTICS = {"expert_lesion_dice": "Dice between the chosen experts' lesions",
+               "disagreement": "expert disagreement (all unlabelled voxels)",
+               "confident_fraction_lesion": "confident pseudo-labels (of predicted lesion)",
                "consistency_grad_share": "consistency / supervised gradient (shared weights)"}
+GATE = {"gate_entropy": ("k--", "gate entropy, noise-free"), "gate_entropy_noisy": ("k:", "gate entropy with noise")}
 
 
 def series(log: List[dict], key: str) -> np.ndarray:
@@ -18,12 +20,13 @@ def series(log: List[dict], key: str) -> np.ndarray:
 
 
 def plot_moe_progress(log: List[dict], path: str) -> None:
-    """Losses and lambda; the unlabelled term's diagnostics; expert usage and the gate's entropy; per epoch.
+    """Losses and lambda; the unlabelled term's diagnostics; expert usage and the gate's entropies; the gate's
+    signal-to-noise ratio and the mutual information between its routing and the scanner site; per epoch.
 
     `log` holds one entry per epoch as nnUNetTrainerV2_moe writes it to moe_log.json.
     """
     epochs = [e["epoch"] for e in log]
-    fig, (ax_loss, ax_signal, ax_usage) = plt.subplots(3, 1, figsize=(9, 11), sharex=True)
+    fig, (ax_loss, ax_signal, ax_usage, ax_route) = plt.subplots(4, 1, figsize=(9, 14), sharex=True)
     ax_loss.plot(epochs, series(log, "supervised"), label="supervised (DC+CE)")
     ax_loss.plot(epochs, series(log, "consistency"), label="consistency")
     ax_loss.plot(epochs, series(log, "balance"), label="load balance", alpha=0.6)
@@ -46,15 +49,25 @@ def plot_moe_progress(log: List[dict], path: str) -> None:
         ax_usage.plot(epochs, usage[:, expert], label=f"expert {expert}")
     ax_usage.axhline(1.0 / usage.shape[1], color="grey", lw=0.8, ls=":")
     ax_usage.set_ylabel("fraction of routing")
-    ax_usage.set_xlabel("epoch")
     ax_usage.set_ylim(0, 1)
     ax_entropy = ax_usage.twinx()
-    ax_entropy.plot(epochs, series(log, "gate_entropy"), "k--", label="gate entropy")
-    ax_entropy.axhline(np.log(usage.shape[1]), color="k", lw=0.6, ls=":")
+    for key, (style, label) in GATE.items():
+        ax_entropy.plot(epochs, series(log, key), style, label=label)
+    ax_entropy.axhline(np.log(usage.shape[1]), color="grey", lw=0.6)
     ax_entropy.set_ylim(0, np.log(usage.shape[1]) * 1.05)
-    ax_entropy.set_ylabel("gate entropy (nats; dotted: log E)")
+    ax_entropy.set_ylabel("gate entropy (nats; grey: log E)")
     ax_usage.legend(loc="upper left")
-    ax_entropy.legend(loc="upper right")
+    ax_entropy.legend(loc="lower right", fontsize="small")
+
+    ax_route.plot(epochs, series(log, "gate_signal_to_noise"), marker=".", label="gate signal / noise")
+    ax_route.axhline(1.0, color="grey", lw=0.8, ls=":")
+    ax_route.set_ylabel("noise-free score std / noise std")
+    ax_route.set_xlabel("epoch")
+    ax_mi = ax_route.twinx()
+    ax_mi.plot(epochs, series(log, "route_site_mi"), "r.-", label="route-site mutual information")
+    ax_mi.set_ylabel("bits")
+    ax_route.legend(loc="upper left")
+    ax_mi.legend(loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -70,7 +83,8 @@ def diagnostics_after_rampup(log: List[dict]) -> dict:
     """Mean, min and max of each diagnostic over the epochs after the ramp-up (NaN where none was measured)."""
     epochs = after_rampup(log)
     summary = {"epochs": [e["epoch"] for e in epochs]}
-    for key in tuple(DIAGNOSTICS) + ("gate_entropy",):
+    for key in tuple(DIAGNOSTICS) + tuple(GATE) + ("confident_fraction", "consistency_grad_cosine",
+                                                  "gate_signal_to_noise", "route_site_mi"):
         values = series(epochs, key)
         values = values[np.isfinite(values)]
         summary[key] = (float(values.mean()), float(values.min()), float(values.max())) if values.size else None

@@ -4,7 +4,9 @@ Same patch size, batch size and augmentation (nnU-Net's moreDA) as the trainer's
 preprocessed unlabelled pool (`make preprocess`, nnunet/preprocessing/unlabeled_preprocessing.py); no foreground
 oversampling, since nothing is known about where the lesions of an unlabelled case are.
 """
+import json
 import os
+from typing import Dict
 
 from nnunet.preprocessing.unlabeled_preprocessing import unlabeled_stage_folder
 from nnunet.training.data_augmentation.default_data_augmentation import get_moreDA_augmentation
@@ -40,3 +42,16 @@ def unlabeled_generator(trainer):
                                            deep_supervision_scales=trainer.deep_supervision_scales,
                                            pin_memory=trainer.pin_memory)
     return generator
+
+
+def unlabeled_sites(trainer) -> Dict[str, str]:
+    """Case id -> scanner site of the task's cases, from the raw task's split.json (`make convert` records the sites
+    when the download has a site table, sites.csv); empty when there is none."""
+    from nnunet.paths import nnUNet_raw_data
+    if nnUNet_raw_data is None:
+        return {}
+    path = os.path.join(nnUNet_raw_data, os.path.basename(os.path.normpath(trainer.dataset_directory)), "split.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return {str(case): str(site) for case, site in (json.load(f).get("sites") or {}).items() if site is not None}

@@ -18,13 +18,14 @@ lambda(epoch) weights the term: 0 during CONSISTENCY_WARMUP_EPOCHS, then exp(-5 
 CONSISTENCY_LAMBDA_MAX over CONSISTENCY_RAMPUP_EPOCHS (moe_losses.consistency_weight). The settings are
 ConsistencySettings (nnunet/training/settings.py).
 """
-from itertools import permutations
-from typing import List, NamedTuple, Sequence, Tuple
+from itertools import combinations, permutations
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from nnunet.training.settings import ConsistencySettings  # noqa: F401 (the term's settings, also imported from here)
+
 
 class PseudoLabels(NamedTuple):
     labels: torch.Tensor      # (B, *spatial) argmax of the teacher's softmax
@@ -66,5 +67,29 @@ def disagreement(slot_logits: Sequence[torch.Tensor]) -> float:
 
 
 def confident_fraction(targets: Sequence[PseudoLabels], threshold: float) -> float:
-    """Fraction of voxels (over all slots) whose pseudo-label passes the threshold."""
+    """Fraction of voxels (over all slots) whose pseudo-label passes the threshold (mostly background)."""
     return torch.stack([(t.confidence >= threshold).float().mean() for t in targets]).mean().item()
+
+
+def confident_fraction_lesion(targets: Sequence[PseudoLabels], threshold: float) -> Optional[float]:
+    """Fraction of the voxels pseudo-labelled lesion (label > 0, over all slots) whose confidence passes the
+    threshold; None when no voxel is pseudo-labelled lesion."""
+    lesion = torch.stack([t.labels > 0 for t in targets])
+    count = lesion.sum()
+    if count == 0:
+        return None
+    confident = torch.stack([t.confidence >= threshold for t in targets])
+    return ((lesion & confident).sum() / count).item()
+
+
+def lesion_dice(slot_logits: Sequence[torch.Tensor]) -> Optional[float]:
+    """Dice between the chosen experts' lesion predictions (argmax > 0), pooled over the batch and averaged over
+    pairs of slots: 1 when the experts predict the same lesions. None with one slot or when no expert predicts
+    any lesion."""
+    lesions = [logits.argmax(dim=1) > 0 for logits in slot_logits]
+    values = []
+    for i, j in combinations(range(len(lesions)), 2):
+        size = lesions[i].sum() + lesions[j].sum()
+        if size > 0:
+            values.append((2 * (lesions[i] & lesions[j]).sum() / size).item())
+    return sum(values) / len(values) if values else None

@@ -77,12 +77,13 @@ class DistributedTraining:
         return self.ddp if self.ddp is not None else self.network
 
     def all_ranks_mean(self, value: Optional[float]) -> Optional[float]:
-        """The mean over the ranks of a per-rank number (None stays None: the same on every rank)."""
-        if value is None:
-            return None
-        total = torch.tensor([float(value)], dtype=torch.float64, device=self.reduction_device)
+        """The mean over the ranks that measured a number (None: not measured on this rank; None when no rank
+        did). Every rank takes part in the reduction, whatever it measured."""
+        measured = value is not None
+        total = torch.tensor([float(value) if measured else 0.0, 1.0 if measured else 0.0], dtype=torch.float64,
+                             device=self.reduction_device)
         distributed.all_reduce(total)
-        return float(total.item()) / self.world_size
+        return float(total[0].item() / total[1].item()) if total[1].item() > 0 else None
 
     @property
     def reduction_device(self) -> torch.device:

@@ -10,8 +10,8 @@ iteration draws the same labelled and unlabelled batches as the MoE, and the los
 
 with nnU-Net's Dice+CE (deep supervision) as the supervised term and the MoE's weak-to-strong consistency with
 the teacher as the source of pseudo-labels: the teacher's softmax on the weak view gives pseudo-labels and
-confidences, and the student is trained on the strong view (the same perturbations, CutMix and bottleneck
-dropout, nnunet/training/data_augmentation/strong_perturbations.py) towards the confident ones
+confidences, and the student is trained on the strong view (the same perturbations, CutMix and feature
+dropout on the skips and bottleneck, nnunet/training/data_augmentation/strong_perturbations.py) towards the confident ones
 (nnunet/training/loss_functions/consistency.py). Its ConsistencySettings (CONSISTENCY_THRESHOLD, PERTURBATION,
 CONSISTENCY_LAMBDA_MAX, CONSISTENCY_WARMUP_EPOCHS, CONSISTENCY_RAMPUP_EPOCHS) are the MoE's; the kind is always
 weak_strong. Settings by name (checkpoint .pkl, settings.json): "finetune", "consistency", "ema".
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch.cuda.amp import autocast
 
-from nnunet.training.data_augmentation.strong_perturbations import bottleneck_dropout, strong_view
+from nnunet.training.data_augmentation.strong_perturbations import feature_dropout, strong_view
 from nnunet.training.dataloading.unlabeled_loader import unlabeled_generator
 from nnunet.training.loss_functions.consistency import (ConsistencySettings, PseudoLabels, confident_fraction,
                                                         pseudo_labels, thresholded_cross_entropy)
@@ -62,7 +62,7 @@ def mean_teacher_term(student, teacher, weak: torch.Tensor, settings: Consistenc
     with torch.no_grad():
         target = pseudo_labels(full_resolution(teacher(weak)))
     strong, mix = strong_view(weak, settings.perturbation)
-    with bottleneck_dropout(student, settings.perturbation.feature_dropout):
+    with feature_dropout(student, settings.perturbation.feature_dropout):
         student_logits = full_resolution(student(strong))
     mixed = PseudoLabels(mix.apply(target.labels), mix.apply(target.confidence))
     return MeanTeacherTerm(thresholded_cross_entropy(student_logits, mixed, settings.threshold),
@@ -111,7 +111,7 @@ class nnUNetTrainerV2_meanteacher(FinetuneSettingsMixin, nnUNetTrainerV2):
 
     def run_iteration(self, data_generator, do_backprop=True, run_online_evaluation=False):
         consistency_lambda = self.consistency_lambda() if do_backprop else 0.0
-        data, target, unlabeled = next_batches(self, data_generator, with_unlabeled=consistency_lambda > 0)
+        data, target, unlabeled = next_batches(self, data_generator, with_unlabeled=consistency_lambda > 0)[:3]
         if unlabeled is not None:
             self.ensure_teacher()
 

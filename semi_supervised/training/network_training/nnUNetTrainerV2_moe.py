@@ -4,23 +4,38 @@ Each training iteration draws a labelled batch (nnU-Net's loader and augmentatio
 consistency weight is above 0, an unlabelled batch of the same patch size and augmentation from the
 task's preprocessed unlabelled pool (the weak view). The loss is
 
-    supervised    = mean over the chosen experts (slots) of DC+CE with deep supervision
-                    + DC+CE with deep supervision of the gate-weighted combination
-                    (the experts learn to segment; the combination's gradient teaches the gate to route)
+    supervised    = MOE_SUPERVISED_LOSS=gate_weighted (default): nnU-Net's DC+CE with deep supervision over the
+                    (sample, chosen expert) pairs, each weighted by its gate weight (moe_losses.gate_weighted_dice_ce):
+                    the control's loss while the experts are identical, and the gate learns which expert segments
+                    a sample best; mean_and_combined: the mean over the chosen experts of DC+CE plus the DC+CE of
+                    the gate-weighted combination (models before 2026-12; twice the control's gradient)
     consistency   = CONSISTENCY=weak_strong: each chosen expert's confident pseudo-labels on the weak view train
                     the other chosen expert(s) on a strongly perturbed view of the same patches, routed to the
-                    same experts (intensity perturbations, CutMix, bottleneck channel dropout);
+                    same experts (intensity perturbations, CutMix, channel dropout on the skips and bottleneck);
                     CONSISTENCY=cps: cross pseudo-supervision between the chosen experts on the weak view
                     (nnunet/training/loss_functions/consistency.py has the exact formulas)
-    load balance  = E * sum_i f_i * P_i over the labelled batch's routing
+    load balance  = E * sum_i f_i * P_i over the whole step (labelled and unlabelled samples): f_i the expert usage
+                    averaged over steps (decay MOE_BALANCE_DECAY), P_i the step's mean gate probability
     total         = supervised + lambda(epoch) * consistency + alpha * load balance
 
 lambda(epoch) is 0 for the warm-up epochs, then ramps to lambda_max with exp(-5 (1 - t)^2).
 
-Diagnostics per epoch (moe_log.json, the log, moe_progress.png): `disagreement` (fraction of unlabelled voxels
-where the chosen experts' argmax differ), `confident_fraction` (fraction passing the confidence threshold),
-`consistency_grad_share` (|grad of lambda x consistency| / |grad of supervised| over the shared parameters, from
-two extra backward passes on the first iteration of the epoch), `gate_entropy` and the expert usage.
+Diagnostics per epoch (moe_log.json, the log, moe_progress.png, make report):
+    expert_lesion_dice        Dice between the chosen experts' lesion predictions on the unlabelled weak view
+                              (1: the experts are copies; two separately trained nnU-Nets agree at about 0.90)
+    disagreement              fraction of unlabelled voxels where the chosen experts' argmax differ (all voxels)
+    confident_fraction        fraction of unlabelled voxels passing the confidence threshold (mostly background)
+    confident_fraction_lesion the same over the voxels pseudo-labelled lesion
+    gate_entropy              entropy (nats) of the noise-free gate: log E when it cannot tell the experts apart
+    gate_entropy_noisy        entropy of the gate with its training noise (what routes in training)
+    gate_signal_to_noise      std over the epoch's samples of the noise-free scores / the noise std
+    route_site_mi             mutual information (bits) between the noise-free top-1 expert and the scanner site
+                              of the unlabelled cases seen in the epoch (needs sites in split.json; plug-in
+                              estimate, biased up by about 4 / (2 N ln 2) bits for 3 experts x 3 sites)
+    consistency_grad_share    |grad of lambda x consistency| / |grad of supervised| over the shared parameters,
+    consistency_grad_cosine   and the cosine between the two gradients, means over the epoch's first
+                              GRADIENT_PROBES unlabelled iterations (two extra backward passes each)
+    usage                     fraction of the routing per expert
 
 The MoE continues the baseline's weights, so its initial learning rate is FINETUNE_LR (nnunet.training.
 learning_rate.finetune_lr), the same as its same-budget control nnUNetTrainerV2_finetune's.
@@ -28,18 +43,19 @@ learning_rate.finetune_lr), the same as its same-budget control nnUNetTrainerV2_
 Settings (nnunet/training/settings.py; read from the environment when the trainer is created for training, stored
 by name in the checkpoint's .pkl and settings.json so that -val and prediction rebuild the same network and loss):
     "finetune": FinetuneSettings (FINETUNE_LR), "moe": MoESettings (MOE_NUM_EXPERTS 3, MOE_TOP_K 2,
-    MOE_BALANCE_ALPHA 0.01), "consistency": ConsistencySettings (CONSISTENCY_THRESHOLD 0.95, CONSISTENCY_LAMBDA_MAX
-    2.0, CONSISTENCY_WARMUP_EPOCHS 50, CONSISTENCY_RAMPUP_EPOCHS 200, PERTURBATION strengths, e.g.
-    "noise_std=0.1 cutmix=0.5"); the kind of consistency is the trainer's (CONSISTENCY_KIND: weak_strong here,
+    MOE_BALANCE_ALPHA 0.01, MOE_BALANCE_DECAY 0.9, MOE_GATE_FEATURES stem, MOE_GATE_NOISE 0.05,
+    MOE_SUPERVISED_LOSS gate_weighted), "consistency": ConsistencySettings (CONSISTENCY_THRESHOLD 0.95,
+    CONSISTENCY_LAMBDA_MAX 2.0, CONSISTENCY_WARMUP_EPOCHS 50, CONSISTENCY_RAMPUP_EPOCHS 200, PERTURBATION strengths,
+    e.g. "noise_std=0.1 cutmix=0.5"); the kind of consistency is the trainer's (CONSISTENCY_KIND: weak_strong here,
     cps in nnUNetTrainerV2_moe_cps).
 Read at every network construction (also for prediction): MOE_INFERENCE_TOP_K (the training k).
-The Makefile sets them from EXPERTS, TOP_K, BALANCE_ALPHA, CONFIDENCE_THRESHOLD, LAMBDA_MAX, WARMUP_EPOCHS,
-RAMPUP_EPOCHS, PERTURBATION and INFERENCE_TOP_K.
+The Makefile sets them from EXPERTS, TOP_K, BALANCE_ALPHA, BALANCE_DECAY, GATE_FEATURES, GATE_NOISE,
+SUPERVISED_LOSS, CONFIDENCE_THRESHOLD, LAMBDA_MAX, WARMUP_EPOCHS, RAMPUP_EPOCHS, PERTURBATION and INFERENCE_TOP_K.
 """
 import json
 import os
 import time
-from typing import Callable, Dict, List, NamedTuple, Optional
+from typing import Callable, Dict, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -47,18 +63,23 @@ from torch.cuda.amp import autocast
 
 from nnunet.network_architecture.generic_UNet_MoE import GateDecision, MoEOutput
 from nnunet.network_architecture.unet_factory import generic_unet_moe
-from nnunet.training.data_augmentation.strong_perturbations import bottleneck_dropout, strong_view
-from nnunet.training.dataloading.unlabeled_loader import unlabeled_generator
+from nnunet.training.data_augmentation.strong_perturbations import feature_dropout, strong_view
+from nnunet.training.dataloading.unlabeled_loader import unlabeled_generator, unlabeled_sites
 from nnunet.training.loss_functions.consistency import (ConsistencySettings, PseudoLabels, confident_fraction,
-                                                        disagreement, pseudo_labels, weak_to_strong_loss)
+                                                        confident_fraction_lesion, disagreement, lesion_dice,
+                                                        pseudo_labels, weak_to_strong_loss)
 from nnunet.training.loss_functions.moe_losses import (consistency_weight, expert_usage, gate_entropy,
-                                                       load_balancing_loss, pairwise_consistency_loss)
+                                                       gate_weighted_dice_ce, load_balancing_loss,
+                                                       mutual_information_bits, pairwise_consistency_loss,
+                                                       signal_to_noise)
 from nnunet.training.network_training.nnUNetTrainerV2 import nnUNetTrainerV2
 from nnunet.training.network_training.nnUNetTrainerV2_finetune import FinetuneSettingsMixin
 from nnunet.training.network_training.semi_supervised_steps import next_batches, optimizer_step
 from nnunet.training.settings import MoESettings, group_from, inference_top_k_from_environment
 from nnunet.utilities.moe_progress import plot_moe_progress
 from nnunet.utilities.nd_softmax import softmax_helper
+
+GRADIENT_PROBES = 3  # unlabelled iterations per epoch whose gradient share and cosine are measured
 
 
 class MoELosses(NamedTuple):
@@ -70,9 +91,12 @@ class MoELosses(NamedTuple):
 
 class UnlabeledTerm(NamedTuple):
     consistency: torch.Tensor
+    router: GateDecision          # the experts that routed the batch, with the gate's probabilities (with gradient)
+    weak: GateDecision            # the gate's decision on the weak view (no gradient; its noise-free scores)
     disagreement: float
     confident_fraction: float
-    gate_probs: torch.Tensor  # (B, E) of the unlabelled batch
+    confident_fraction_lesion: Optional[float]
+    expert_lesion_dice: Optional[float]
 
 
 def moe_unlabeled_term(network, weak: torch.Tensor, settings: ConsistencySettings,
@@ -86,21 +110,29 @@ def moe_unlabeled_term(network, weak: torch.Tensor, settings: ConsistencySetting
     if settings.kind == "cps":
         output = forward(weak)
         slots = [slot[0] for slot in output.slots]
-        return UnlabeledTerm(pairwise_consistency_loss(slots), disagreement(slots),
-                             confident_fraction([pseudo_labels(s) for s in slots], threshold), output.gate.probs)
+        targets = [pseudo_labels(s) for s in slots]
+        return UnlabeledTerm(pairwise_consistency_loss(slots), output.gate, output.gate, disagreement(slots),
+                             confident_fraction(targets, threshold), confident_fraction_lesion(targets, threshold),
+                             lesion_dice(slots))
     with torch.no_grad():
         teacher = forward(weak)
     weak_slots = [slot[0] for slot in teacher.slots]
     targets = [pseudo_labels(s) for s in weak_slots]
     strong, mix = strong_view(weak, settings.perturbation)
-    with bottleneck_dropout(network, settings.perturbation.feature_dropout):
+    with feature_dropout(network, settings.perturbation.feature_dropout):
         student = forward(strong, decision=teacher.gate)  # the experts the weak view chose
     mixed_targets = [PseudoLabels(mix.apply(t.labels), mix.apply(t.confidence)) for t in targets]
     loss = weak_to_strong_loss([slot[0] for slot in student.slots], mixed_targets, threshold)
-    return UnlabeledTerm(loss, disagreement(weak_slots), confident_fraction(targets, threshold), teacher.gate.probs)
+    router = student.router._replace(indices=teacher.gate.indices)  # routed as the weak view; probs with gradient
+    return UnlabeledTerm(loss, router, teacher.gate, disagreement(weak_slots), confident_fraction(targets, threshold),
+                         confident_fraction_lesion(targets, threshold), lesion_dice(weak_slots))
 
 
-DIAGNOSTICS = ("disagreement", "confident_fraction", "consistency_grad_share", "gate_entropy")
+MEANS = ("supervised", "consistency", "balance", "lambda", "expert_lesion_dice", "disagreement", "confident_fraction",
+         "confident_fraction_lesion")
+DIAGNOSTICS = ("expert_lesion_dice", "disagreement", "confident_fraction", "confident_fraction_lesion",
+               "consistency_grad_share", "consistency_grad_cosine", "gate_entropy", "gate_entropy_noisy",
+               "gate_signal_to_noise", "route_site_mi")
 
 
 def settings_of_old_checkpoint(settings: Optional[dict], moe_settings: Optional[dict],
@@ -130,9 +162,10 @@ class nnUNetTrainerV2_moe(FinetuneSettingsMixin, nnUNetTrainerV2):
         self.moe = group_from(settings, "moe", MoESettings)
         self.consistency = ConsistencySettings.of_trainer(self.CONSISTENCY_KIND, type(self).__name__, settings)
         self.unlabeled_gen = None
+        self.sites: Dict[str, str] = {}
+        self.routing_usage: Optional[torch.Tensor] = None  # expert usage averaged over steps (load balancing)
         self.moe_log: List[dict] = []
-        self._epoch_stats: List[dict] = []
-        self._grad_share: Optional[Dict[str, float]] = None  # measured on the epoch's first unlabelled iteration
+        self.start_epoch_records()
 
     def method_settings(self) -> dict:
         return {**super().method_settings(), "moe": self.moe.as_record(),
@@ -144,7 +177,8 @@ class nnUNetTrainerV2_moe(FinetuneSettingsMixin, nnUNetTrainerV2):
             num_input_channels=self.num_input_channels, base_num_features=self.base_num_features,
             num_classes=self.num_classes, pool_op_kernel_sizes=self.net_num_pool_op_kernel_sizes,
             conv_kernel_sizes=self.net_conv_kernel_sizes, conv_per_stage=self.conv_per_stage,
-            num_experts=self.moe.num_experts, top_k=self.moe.top_k, inference_top_k=inference_top_k_from_environment())
+            num_experts=self.moe.num_experts, top_k=self.moe.top_k, inference_top_k=inference_top_k_from_environment(),
+            gate_features=self.moe.gate_features, gate_noise=self.moe.gate_noise)
         if torch.cuda.is_available():
             self.network.cuda()
         self.network.inference_apply_nonlin = softmax_helper
@@ -154,85 +188,149 @@ class nnUNetTrainerV2_moe(FinetuneSettingsMixin, nnUNetTrainerV2):
         self._maybe_init_amp()  # fp16 is settled now (off without CUDA), not only once run_training starts
         if training:
             self.unlabeled_gen = unlabeled_generator(self)
+            self.sites = unlabeled_sites(self)
 
     # ------------------------------------------------------------------ one iteration
     def consistency_lambda(self) -> float:
         c = self.consistency
         return consistency_weight(self.epoch, c.lambda_max, c.warmup_epochs, c.rampup_epochs)
 
+    def pair_statistics_gather(self) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+        """What all-gathers the batch Dice's per-pair sums over ranks: nothing in one process (the DDP variant's)."""
+        return None
+
     def supervised_loss(self, output: MoEOutput, target) -> torch.Tensor:
-        per_expert = torch.stack([self.loss(slot, target) for slot in output.slots]).mean()
-        return per_expert + self.loss(output.combined, target)
+        if self.moe.supervised_loss == "mean_and_combined":
+            per_expert = torch.stack([self.loss(slot, target) for slot in output.slots]).mean()
+            return per_expert + self.loss(output.combined, target)
+        return gate_weighted_dice_ce(output.slots, target, output.gate.weights, self.ds_loss_weights,
+                                     self.batch_dice, self.pair_statistics_gather())
 
     @property
     def training_forward(self) -> Callable:
         """What runs the network in a training iteration (a DDP variant puts its DistributedDataParallel here)."""
         return self.network
 
-    def balance_loss(self, gate: GateDecision) -> torch.Tensor:
-        return load_balancing_loss(gate.indices, gate.probs, self.moe.num_experts)
+    def route(self, keys: Optional[Sequence[str]]) -> None:
+        """Called with the cases of the next forward pass (None after the step): the gate routes them here; the
+        site oracle (nnUNetTrainerV2_moe_site) forces each to its site's expert."""
+
+    @property
+    def gate_loss_weight(self) -> float:
+        """The weight of balance_loss in the total (MOE_BALANCE_ALPHA)."""
+        return self.moe.balance_alpha
+
+    def step_usage(self, indices: torch.Tensor) -> torch.Tensor:
+        """The fraction of this step's routing per expert (the DDP variant: over all ranks)."""
+        return expert_usage(indices, self.moe.num_experts)
+
+    def balance_loss(self, routers: Sequence[GateDecision], update: bool = True) -> torch.Tensor:
+        """E * sum_i f_i P_i over the step's samples (labelled and unlabelled): f_i the usage averaged over steps
+        (MOE_BALANCE_DECAY; updated in training steps only), P_i the step's mean gate probability."""
+        usage = self.step_usage(torch.cat([r.indices for r in routers]))
+        averaged = usage if self.routing_usage is None else \
+            self.moe.balance_decay * self.routing_usage.to(usage.device) + (1 - self.moe.balance_decay) * usage
+        if update:
+            self.routing_usage = averaged.detach()
+        probs = torch.cat([r.probs for r in routers])
+        return load_balancing_loss(None, probs, self.moe.num_experts, fraction_routed=averaged.detach())
 
     def unlabeled_term(self, weak: torch.Tensor) -> UnlabeledTerm:
         return moe_unlabeled_term(self.network, weak, self.consistency, forward=self.training_forward)
 
-    def consistency_gradient_share(self, losses: MoELosses) -> float:
-        """|d(lambda x consistency)/d shared| / |d supervised/d shared| over the encoder and shared decoder blocks
-        (two extra backward passes; both losses scaled alike so that fp16 gradients do not underflow)."""
+    def consistency_gradient_probe(self, losses: MoELosses) -> Dict[str, float]:
+        """|d(lambda x consistency)/d shared| / |d supervised/d shared| over the encoder and shared decoder blocks,
+        and the cosine between the two gradients (two extra backward passes; both losses scaled alike so that fp16
+        gradients do not underflow)."""
         shared = self.network.shared_parameters()
         scale = self.amp_grad_scaler.get_scale() if self.fp16 and self.amp_grad_scaler is not None else 1.0
 
-        def norm(loss: torch.Tensor) -> torch.Tensor:
+        def gradient(loss: torch.Tensor) -> torch.Tensor:
             grads = torch.autograd.grad(loss * scale, shared, retain_graph=True, allow_unused=True)
-            return torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None))
+            return torch.cat([(g if g is not None else torch.zeros_like(p)).float().flatten()
+                              for g, p in zip(grads, shared)])
 
-        return (norm(losses.weighted_consistency) / norm(losses.supervised).clamp_min(1e-12)).item()
+        started = time.time()
+        consistency, supervised = gradient(losses.weighted_consistency), gradient(losses.supervised)
+        norms = consistency.norm(), supervised.norm()
+        return {"consistency_grad_share": (norms[0] / norms[1].clamp_min(1e-12)).item(),
+                "consistency_grad_cosine": (consistency @ supervised / (norms[0] * norms[1]).clamp_min(1e-24)).item(),
+                "grad_share_seconds": time.time() - started}
 
     def run_iteration(self, data_generator, do_backprop=True, run_online_evaluation=False):
         consistency_lambda = self.consistency_lambda() if do_backprop else 0.0
-        data, target, unlabeled = next_batches(self, data_generator, with_unlabeled=consistency_lambda > 0)
+        batches = next_batches(self, data_generator, with_unlabeled=consistency_lambda > 0)
+        data, target, unlabeled = batches.data, batches.target, batches.unlabeled
 
         self.optimizer.zero_grad()
         with autocast(enabled=self.fp16):
+            self.route(batches.keys)
             output = self.training_forward(data)
             supervised = self.supervised_loss(output, target)
-            balance = self.balance_loss(output.gate)
+            self.route(batches.unlabeled_keys)
             term = self.unlabeled_term(unlabeled) if unlabeled is not None else None
+            self.route(None)
+            balance = self.balance_loss([output.gate] + ([term.router] if term else []), update=do_backprop)
             weighted_consistency = consistency_lambda * term.consistency if term else supervised.new_zeros(())
-            losses = MoELosses(supervised + weighted_consistency + self.moe.balance_alpha * balance,
+            losses = MoELosses(supervised + weighted_consistency + self.gate_loss_weight * balance,
                                supervised, weighted_consistency, balance)
 
-        measure = do_backprop and term is not None and self._grad_share is None
-        if measure:
-            started = time.time()
-            self._grad_share = {"consistency_grad_share": self.consistency_gradient_share(losses),
-                                "grad_share_seconds": time.time() - started}
+        if do_backprop and term is not None and len(self._gradient_probes) < GRADIENT_PROBES:
+            self._gradient_probes.append(self.consistency_gradient_probe(losses))
         if do_backprop:
             optimizer_step(self, losses.total)
 
         if run_online_evaluation:
             self.run_online_evaluation(output.combined, target)
         if do_backprop:
-            probs = output.gate.probs if term is None else torch.cat([output.gate.probs, term.gate_probs])
-            self._epoch_stats.append({
-                "supervised": losses.supervised.item(),
-                "consistency": term.consistency.item() if term else 0.0,
-                "balance": losses.balance.item(), "lambda": consistency_lambda,
-                "disagreement": term.disagreement if term else None,
-                "confident_fraction": term.confident_fraction if term else None,
-                "gate_entropy": gate_entropy(probs).item(),
-                "usage": expert_usage(output.gate.indices, self.moe.num_experts).tolist()})
+            self.record_iteration(losses, output, term, batches.unlabeled_keys, consistency_lambda)
         return losses.total.detach().cpu().numpy()
 
-    # ------------------------------------------------------------------ logging and checkpoints
+    # ------------------------------------------------------------------ diagnostics
+    def start_epoch_records(self) -> None:
+        """Empty the per-iteration records that epoch_entry summarises."""
+        self._epoch_stats: List[dict] = []
+        self._gate_rows: Dict[str, list] = {"clean": [], "noise": [], "top1": [], "site": []}
+        self._gradient_probes: List[Dict[str, float]] = []
+
+    def record_iteration(self, losses: MoELosses, output: MoEOutput, term: Optional[UnlabeledTerm],
+                         unlabeled_keys: List[str], consistency_lambda: float) -> None:
+        gates = [output.gate] + ([term.weak] if term else [])
+        noisy = torch.cat([g.probs.detach() for g in gates])
+        clean = torch.cat([g.clean_logits.detach() for g in gates]).float()
+        self._gate_rows["clean"].append(clean.cpu())
+        self._gate_rows["noise"].append(torch.cat([g.noise_std.detach() for g in gates]).float().cpu())
+        if term is not None and self.sites and len(unlabeled_keys) == term.weak.clean_logits.shape[0]:
+            for key, top1 in zip(unlabeled_keys, term.weak.clean_logits.argmax(1).tolist()):
+                if key in self.sites:
+                    self._gate_rows["top1"].append(top1)
+                    self._gate_rows["site"].append(self.sites[key])
+        self._epoch_stats.append({
+            "supervised": losses.supervised.item(), "consistency": term.consistency.item() if term else 0.0,
+            "balance": losses.balance.item(), "lambda": consistency_lambda,
+            "disagreement": term.disagreement if term else None,
+            "confident_fraction": term.confident_fraction if term else None,
+            "confident_fraction_lesion": term.confident_fraction_lesion if term else None,
+            "expert_lesion_dice": term.expert_lesion_dice if term else None,
+            "gate_entropy": gate_entropy(torch.softmax(clean, 1)).item(),
+            "gate_entropy_noisy": gate_entropy(noisy).item(),
+            "usage": expert_usage(torch.cat([g.indices for g in gates]), self.moe.num_experts).tolist()})
+
     def epoch_entry(self) -> dict:
         """This epoch's moe_log.json entry: means over its iterations (None where nothing was measured)."""
-        def mean(key: str) -> Optional[float]:
-            values = [s[key] for s in self._epoch_stats if s[key] is not None]
+        def mean(values: Sequence[Optional[float]]) -> Optional[float]:
+            values = [v for v in values if v is not None]
             return float(np.mean(values)) if values else None
 
-        entry = {key: mean(key) for key in ("supervised", "consistency", "balance", "lambda", "disagreement",
-                                            "confident_fraction", "gate_entropy")}
-        entry.update(self._grad_share or {"consistency_grad_share": None, "grad_share_seconds": None})
+        entry = {key: mean([s[key] for s in self._epoch_stats]) for key in MEANS + ("gate_entropy",
+                                                                                   "gate_entropy_noisy")}
+        for key in ("consistency_grad_share", "consistency_grad_cosine", "grad_share_seconds"):
+            entry[key] = mean([probe[key] for probe in self._gradient_probes])
+        rows = self._gate_rows
+        entry["gate_signal_to_noise"] = signal_to_noise(torch.cat(rows["clean"]), torch.cat(rows["noise"])) \
+            if rows["clean"] else None
+        entry["route_site_mi"] = mutual_information_bits(rows["top1"], rows["site"])
+        entry["route_site_samples"] = len(rows["top1"])
         entry["usage"] = np.mean([s["usage"] for s in self._epoch_stats], axis=0).round(4).tolist()
         entry["epoch"] = self.epoch
         return entry
@@ -241,13 +339,12 @@ class nnUNetTrainerV2_moe(FinetuneSettingsMixin, nnUNetTrainerV2):
         if self._epoch_stats:
             entry = self.epoch_entry()
             self.moe_log.append(entry)
-            self._epoch_stats, self._grad_share = [], None
-            shown = lambda value: "-" if value is None else "%.4f" % value  # noqa: E731
+            self.start_epoch_records()
+            shown = lambda value: "-" if value is None else "%.4f" % value  # noqa: E731 (one line per value)
             self.print_to_log_file(
-                "moe: supervised %s, consistency %s, lambda %s, balance %s, disagreement %s, confident_fraction %s, "
-                "consistency_grad_share %s, gate_entropy %s, expert usage %s" % tuple(
-                    [shown(entry[k]) for k in ("supervised", "consistency", "lambda", "balance") + DIAGNOSTICS]
-                    + [entry["usage"]]))
+                "moe: supervised %s, consistency %s, lambda %s, balance %s, " % tuple(
+                    shown(entry[k]) for k in ("supervised", "consistency", "lambda", "balance"))
+                + ", ".join(f"{k} {shown(entry[k])}" for k in DIAGNOSTICS) + f", expert usage {entry['usage']}")
             self.save_moe_log()
             self.plot_moe_progress()
         return super().on_epoch_end()

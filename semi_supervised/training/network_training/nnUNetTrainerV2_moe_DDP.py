@@ -3,6 +3,7 @@
 `nnUNet_train 3d_fullres nnUNetTrainerV2_moe ...` under torchrun with WORLD_SIZE > 1 trains with this class
 (patch 0008 picks <trainer>_DDP) into nnUNetTrainerV2_moe's own folder, so `make semi NPROC_PER_NODE=N` resumes,
 validates and predicts like the single-process MoE. Besides the mixin's DDP:
+- the gate-weighted supervised loss sums its batch Dice's per-pair statistics over all ranks;
 - the load-balancing loss uses the routing fractions of all ranks' batches (all-reduced; the mean gate
   probabilities are averaged by DDP's gradient average), i.e. the loss of the global batch;
 - the logged losses, expert usage and diagnostics of moe_log.json are means over the ranks;
@@ -13,10 +14,10 @@ from typing import Optional
 import torch
 from torch import distributed
 
-from nnunet.network_architecture.generic_UNet_MoE import GateDecision
-from nnunet.training.loss_functions.moe_losses import expert_usage, load_balancing_loss
+from nnunet.training.loss_functions.moe_losses import expert_usage
 from nnunet.training.network_training.distributed_training import DistributedTraining
 from nnunet.training.network_training.nnUNetTrainerV2_moe import nnUNetTrainerV2_moe
+from nnunet.utilities.distributed import awesome_allgather_function
 
 
 class nnUNetTrainerV2_moe_DDP(DistributedTraining, nnUNetTrainerV2_moe):
@@ -29,10 +30,13 @@ class nnUNetTrainerV2_moe_DDP(DistributedTraining, nnUNetTrainerV2_moe):
         self.init_args = self.init_args + (None, None, local_rank, distribute_batch_size)
         self.init_distributed_training(local_rank, distribute_batch_size)
 
-    def balance_loss(self, gate: GateDecision) -> torch.Tensor:
-        fractions = expert_usage(gate.indices, self.moe.num_experts)
+    def pair_statistics_gather(self):
+        return awesome_allgather_function.apply
+
+    def step_usage(self, indices: torch.Tensor) -> torch.Tensor:
+        fractions = expert_usage(indices, self.moe.num_experts)
         distributed.all_reduce(fractions)
-        return load_balancing_loss(gate.indices, gate.probs, self.moe.num_experts, fractions / self.world_size)
+        return fractions / self.world_size
 
     def epoch_entry(self) -> dict:
         entry = super().epoch_entry()
