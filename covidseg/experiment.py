@@ -8,7 +8,8 @@ then, over all runs:
     <dir>/results.csv                  one row per fraction, seed, method and test case
     <dir>/results.md                   per fraction: each method's mean Dice, NSD, HD95 over the test cases with a
                                        lesion (95% bootstrap CI over seed x case), lesion-free cases apart, and the
-                                       paired differences (MoE - control, ...) with CI and Wilcoxon p
+                                       paired differences (MoE - control, ...) with CI and Wilcoxon p; with a
+                                       site table, the same per scanner site (results.csv has the site too)
     <dir>/dice_vs_labeled_fraction.png mean test Dice and its CI per method over the labelled fractions
 
 PRESET=multisite (--preset multisite): a synthetic download from 3 scanner sites (made in <dir>/download when
@@ -239,11 +240,18 @@ class Runner:
 
 # ------------------------------------------------------------------ results
 
+def sites_of(run: Run) -> Dict[str, str]:
+    """Case -> scanner site, as the run's split.json records it (empty without a site table)."""
+    split = run.raw_task / "split.json"
+    return (json.loads(split.read_text()).get("sites") or {}) if split.is_file() else {}
+
+
 def collect(runs: Sequence[Run], methods: Sequence[Method], plans: str) -> List[dict]:
     """One row per run, method and test case, from the test-set segmentations on disk."""
     rows = []
     for run in runs:
         labels = run.raw_task / "labelsTs"
+        sites = sites_of(run)
         for method in methods:
             model = run.model(method, plans)
             predictions = model / "test_predictions"
@@ -252,12 +260,12 @@ def collect(runs: Sequence[Run], methods: Sequence[Method], plans: str) -> List[
                 scores = metrics_per_case(predictions, labels)
             for case, m in sorted(scores.items()):
                 rows.append({"labeled_fraction": run.labeled_fraction, "seed": run.seed, "method": method.name,
-                             "case": case, **m.as_row()})
+                             "case": case, "site": sites.get(case, ""), **m.as_row()})
     return rows
 
 
 def write_results_csv(rows: List[dict], path: Path) -> None:
-    fields = ["labeled_fraction", "seed", "method", "case", "dice", "nsd", "hd95_mm", "volume_error_ml",
+    fields = ["labeled_fraction", "seed", "method", "case", "site", "dice", "nsd", "hd95_mm", "volume_error_ml",
               "reference_ml", "predicted_ml", "reference_empty", "prediction_empty"]
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
@@ -279,6 +287,11 @@ def scores_by_method(rows: List[dict], fraction: float) -> Dict[str, Dict[str, C
 ScoresByFraction = Dict[float, Dict[str, Dict[str, CaseMetrics]]]  # fraction -> method -> '<seed>/<case>' -> metrics
 
 
+def site_by_key(rows: List[dict]) -> Dict[str, str]:
+    """'<seed>/<case>' (the keys of scores_by_method) -> site, for the rows that have one."""
+    return {f"{row['seed']}/{row['case']}": row["site"] for row in rows if row.get("site")}
+
+
 def recorded_budgets(runs: Sequence[Run], methods: Sequence[Method], plans: str) -> Dict[str, Dict[str, str]]:
     """method -> 'budget' and 'settings', as the runs' models' settings.json record them (the distinct values over
     the runs, joined by ' | ' when runs differ)."""
@@ -293,7 +306,8 @@ def recorded_budgets(runs: Sequence[Run], methods: Sequence[Method], plans: str)
 
 def results_markdown(scores: ScoresByFraction, seeds: Sequence[int], size: str, planner: str, test_fraction: float,
                      methods: Sequence[Method], recorded: Dict[str, Dict[str, str]],
-                     preset: Optional[Preset] = None) -> List[str]:
+                     preset: Optional[Preset] = None, site_of: Optional[Dict[str, str]] = None) -> List[str]:
+    """site_of: '<seed>/<case>' -> site; with two sites or more each fraction gets the Dice per site too."""
     lines = ["# Experiment: test-set results per labelled fraction", "",
              f"- SIZE={size} (planner {planner}); test fraction {test_fraction:g}; seeds {list(seeds)}"
              + (f"; preset: {preset.description}" if preset else ""),
@@ -308,6 +322,8 @@ def results_markdown(scores: ScoresByFraction, seeds: Sequence[int], size: str, 
     for fraction, by_method in scores.items():
         if by_method:
             lines += [f"## Labelled fraction {fraction:g}", ""] + held_out.markdown(by_method, 1.0, budgets) + [""]
+            per_site = held_out.by_site_markdown(by_method, site_of or {})
+            lines += per_site + ([""] if per_site else [])
     return lines
 
 
@@ -430,7 +446,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     write_results_csv(rows, args.dir / "results.csv")
     scores = {fraction: scores_by_method(rows, fraction) for fraction in fractions}
     lines = results_markdown(scores, seeds, args.size, budget.planner, args.test_fraction, methods,
-                             recorded_budgets(runs, methods, budget.plans), PRESETS.get(args.preset))
+                             recorded_budgets(runs, methods, budget.plans), PRESETS.get(args.preset),
+                             site_by_key(rows))
     plot_dice_vs_fraction(scores, methods, args.dir / "dice_vs_labeled_fraction.png")
     lines += ["![dice_vs_labeled_fraction.png](dice_vs_labeled_fraction.png)", ""]
     (args.dir / "results.md").write_text("\n".join(lines))

@@ -47,7 +47,8 @@ def tiny_experiment(tmp_path_factory):
 def test_experiment_trains_evaluates_and_tabulates_every_method(tiny_experiment):
     root, _, _, complete = tiny_experiment
     rows = list(csv.DictReader(open(root / "exp" / "results.csv")))
-    assert {"labeled_fraction", "seed", "method", "case", "dice", "nsd", "hd95_mm"} <= set(rows[0])
+    assert {"labeled_fraction", "seed", "method", "case", "site", "dice", "nsd", "hd95_mm"} <= set(rows[0])
+    assert {r["site"] for r in rows} <= {"A", "B"} and all(r["site"] for r in rows)  # from split.json's sites
     assert sorted({r["method"] for r in rows}) == sorted(METHODS)
     assert len(rows) == len(METHODS) * 2  # 2 held-out test cases of the 10
     assert all(0 <= float(r["dice"]) <= 1 and r["labeled_fraction"] == "0.5" and r["seed"] == "0" for r in rows)

@@ -67,6 +67,42 @@ def budget_warnings(pairs: Sequence[Tuple[str, str]], budgets: Mapping[str, str]
             if a in budgets and b in budgets and budgets[a] != budgets[b]]
 
 
+def site_subset(scores: Dict[str, CaseMetrics], site_of: Mapping[str, str], site: str) -> Dict[str, CaseMetrics]:
+    return {case: m for case, m in scores.items() if site_of.get(case) == site}
+
+
+def by_site_markdown(scores: Dict[str, Dict[str, CaseMetrics]], site_of: Mapping[str, str]) -> List[str]:
+    """Dice over the cases with a lesion, per scanner site: each model's mean [CI] (n), then the paired differences
+    of COMPARISONS on each site's cases. Empty with fewer than two sites."""
+    sites = sorted({site_of[c] for s in scores.values() for c in s if c in site_of})
+    if len(sites) < 2:
+        return []
+    header = "| " + " | ".join(f"site {site}" for site in sites) + " |"
+    rule = "|---|" + "---|" * len(sites)
+    lines = ["Dice per site (cases with a lesion; 95% bootstrap CI, n cases):", "", "| model " + header, rule]
+    for name, s in scores.items():
+        cells = []
+        for site in sites:
+            subset = site_subset(s, site_of, site)
+            estimate = mean_with_ci([subset[c].dice for c in lesion_cases(subset)])
+            cells.append(f"{estimate} (n {estimate.n})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    pairs = [(a, b) for a, b in COMPARISONS if a in scores and b in scores]
+    if pairs:
+        lines += ["", "Paired differences of Dice per site (95% bootstrap CI, Wilcoxon p):", "",
+                  "| comparison " + header, rule]
+        for a, b in pairs:
+            cells = []
+            for site in sites:
+                d = compare(site_subset(scores[a], site_of, site), site_subset(scores[b], site_of, site))
+                cells.append("n/a" if d.n == 0 else
+                             f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}], p {d.p_wilcoxon:.2g}"
+                             + (" *" if d.significant else ""))
+            lines.append(f"| {a} - {b} | " + " | ".join(cells) + " |")
+        lines += ["", "*: significant (CI excludes 0 and p < 0.05)."]
+    return lines
+
+
 def markdown(scores: Dict[str, Dict[str, CaseMetrics]], tolerance_mm: float,
              budgets: Optional[Mapping[str, str]] = None) -> List[str]:
     """The test-set section of report.md: one table per model summary, one for the paired differences (with a

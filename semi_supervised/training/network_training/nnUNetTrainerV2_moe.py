@@ -215,11 +215,6 @@ class nnUNetTrainerV2_moe(FinetuneSettingsMixin, nnUNetTrainerV2):
         """Called with the cases of the next forward pass (None after the step): the gate routes them here; the
         site oracle (nnUNetTrainerV2_moe_site) forces each to its site's expert."""
 
-    @property
-    def gate_loss_weight(self) -> float:
-        """The weight of balance_loss in the total (MOE_BALANCE_ALPHA)."""
-        return self.moe.balance_alpha
-
     def step_usage(self, indices: torch.Tensor) -> torch.Tensor:
         """The fraction of this step's routing per expert (the DDP variant: over all ranks)."""
         return expert_usage(indices, self.moe.num_experts)
@@ -272,7 +267,7 @@ class nnUNetTrainerV2_moe(FinetuneSettingsMixin, nnUNetTrainerV2):
             self.route(None)
             balance = self.balance_loss([output.gate] + ([term.router] if term else []), update=do_backprop)
             weighted_consistency = consistency_lambda * term.consistency if term else supervised.new_zeros(())
-            losses = MoELosses(supervised + weighted_consistency + self.gate_loss_weight * balance,
+            losses = MoELosses(supervised + weighted_consistency + self.moe.balance_alpha * balance,
                                supervised, weighted_consistency, balance)
 
         if do_backprop and term is not None and len(self._gradient_probes) < GRADIENT_PROBES:

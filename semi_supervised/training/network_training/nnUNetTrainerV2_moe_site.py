@@ -6,8 +6,9 @@ So each expert trains on one site's scans, with the MoE's losses otherwise uncha
 beat the mean teacher, a learned gate will not either.
 
 The gate cannot be told a new scan's site at inference, so it learns to imitate the oracle: its loss is the
-cross-entropy between its noise-free scores and the site's expert (weight 1; it reads detached features, so it
-trains the gate alone), instead of the load-balancing loss. `route_site_mi` in moe_log.json shows how well it
+cross-entropy between its noise-free scores and the site's expert, in place of the load-balancing loss and with its
+weight (MOE_BALANCE_ALPHA: at weight 1 the gate's logits grew by tens per step under nnU-Net's SGD and its
+cross-entropy ended at 7.5); it reads detached features, so it trains the gate alone. `route_site_mi` in moe_log.json shows how well it
 does; at inference (test set, predict) the gate routes.
 
 Its own class, so its models have their own folder: `make semi ROUTING=site`, `make experiment METHODS=moe_site`.
@@ -53,10 +54,6 @@ class nnUNetTrainerV2_moe_site(nnUNetTrainerV2_moe):
             raise RuntimeError(f"{type(self).__name__}: no site recorded for case(s) {', '.join(missing)} "
                                f"(split.json's sites)")
         network.forced_expert = torch.tensor([self.expert_of[k] for k in keys])
-
-    @property
-    def gate_loss_weight(self) -> float:
-        return 1.0
 
     def balance_loss(self, routers: Sequence[GateDecision], update: bool = True) -> torch.Tensor:
         """The gate's imitation of the oracle: cross-entropy of its noise-free scores against the site's expert
