@@ -1,5 +1,5 @@
 # Semi-supervised COVID-19 lung-lesion segmentation on nnU-Net v1: every user-facing step.
-# `make help` lists the targets and variables; README.md explains them.
+# `make help` lists the targets and variables; docs/reference.md explains them.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -65,7 +65,7 @@ MASTER_PORT ?=
 # fine-tuning from the baseline: the MoE (make semi) and its same-budget control (make control); empty: 1e-2
 FINETUNE_LR ?=
 CONTROL_TRAINER ?= nnUNetTrainerV2_finetune
-# the mixture of experts (make weights / semi; empty: the trainer's defaults, see README)
+# the mixture of experts (make weights / semi; empty: the trainer's defaults, see docs/reference.md)
 # ROUTING=site: the site oracle, nnUNetTrainerV2_moe_site (each training case to its site's expert; needs sites.csv)
 ROUTING ?= gate
 MOE_TRAINER ?= $(if $(filter site,$(ROUTING)),nnUNetTrainerV2_moe_site,nnUNetTrainerV2_moe)
@@ -73,7 +73,7 @@ EXPERTS ?=
 TOP_K ?=
 INFERENCE_TOP_K ?=
 LAMBDA_MAX ?=
-# the unlabelled term (empty: 0.95, the default strengths; see README); its kind is the trainer's
+# the unlabelled term (empty: 0.95, the default strengths; see docs/reference.md); its kind is the trainer's
 # (MOE_TRAINER=nnUNetTrainerV2_moe_cps for cross pseudo-supervision; CONSISTENCY is only checked against it)
 CONSISTENCY ?=
 CONFIDENCE_THRESHOLD ?=
@@ -81,7 +81,7 @@ PERTURBATION ?=
 WARMUP_EPOCHS ?=
 RAMPUP_EPOCHS ?=
 BALANCE_ALPHA ?=
-# the gate (empty: stem, 0.05; see README), the usage it is balanced over (decay 0.9) and the supervised loss
+# the gate (empty: stem, 0.05; see docs/reference.md), the usage it is balanced over (decay 0.9) and the supervised loss
 GATE_FEATURES ?=
 GATE_NOISE ?=
 BALANCE_DECAY ?=
@@ -156,6 +156,9 @@ endif
 
 WORKFLOW_ARGS := --task $(TASK) --fold $(FOLD) --plans $(PLANS) --trainer $(TRAINER) $(if $(FORCE),--force)
 
+# extra arguments of pytest for make test / test-fast (CI: -v --durations=15)
+PYTEST_ARGS ?=
+
 # demo: a synthetic download, CPU-sized, in its own folder (never touches data/)
 DEMO_DIR ?= $(CURDIR)/demo
 # 40 smaller phantoms, 30% of them held out: at least 8 test cases with a lesion
@@ -170,7 +173,7 @@ DEMO_RAMPUP_EPOCHS ?= 5
 
 .PHONY: help setup synthetic convert preprocess baseline control selftrain meanteacher weights semi evaluate predict \
 	gradcam report \
-	experiment demo test clean-demo
+	experiment demo test test-fast lint clean-demo
 
 help:
 	@sed -n 's/^## \{0,1\}//p' $(MAKEFILE_LIST)
@@ -203,17 +206,20 @@ help:
 ##   predict     INPUT=<dir|file> OUTPUT=<dir> [MODEL=moe|moe_cps|control|selftrain|meanteacher|fullres|lowres|ensemble
 ##               FOLD INFERENCE_TOP_K TTA=1 GPUS= FORCE=]
 ##   gradcam     INPUT=<dir|file> OUTPUT=<dir> [MODEL=moe|fullres FOLD LAYER BACKEND=gcam|gcampp TTA=1 FORCE=]
-##   report      lowres, fullres, ensemble, control and MoE compared from disk, on the test set (95% CIs, paired
-##               differences) and the validation fold: Markdown, CSV, plots [FOLD REPORT_DIR=report NSD_TOLERANCE_MM=1.0]
+##   report      every trained model (baselines, ensemble, control, selftrain, meanteacher, MoE variants) compared
+##               from disk, on the test set (95% CIs, paired differences) and the validation fold: Markdown, CSV, plots [FOLD REPORT_DIR=report NSD_TOLERANCE_MM=1.0]
 ##   experiment  DATA=<download> (or PRESET=multisite) the whole protocol per labelled fraction x seed: convert (test
 ##               set held out), preprocess, train METHODS, segment the test set; results.csv/.md and a plot
 ##               [LABELED_FRACTIONS SEEDS TEST_FRACTION=0.2 EXPERIMENT_DIR=experiment
-##               METHODS="fullres control selftrain meanteacher moe" (also moe_cps)
+##               METHODS="fullres control selftrain meanteacher moe" (also moe_cps, moe_site)
 ##               PRESET= SIZE=gpu|cpu GPUS= EPOCHS FINETUNE_EPOCHS ITERS VAL_ITERS WARMUP_EPOCHS RAMPUP_EPOCHS
 ##               FORCE= (retrains the models trained with other settings)]
 ##   demo        synthetic download -> convert (test set held out) -> preprocess -> baseline -> control -> weights -> semi
 ##               -> evaluate -> predict -> gradcam -> report, on the CPU [DEMO_DIR=demo DEMO_CASES=40 DEMO_TEST_FRACTION=0.3]
-##   test        pytest
+##   test        every test: tests/unit, then tests/workflow (trained fixtures, subprocess runs); what CI runs
+##               [PYTEST_ARGS]
+##   test-fast   lint, then tests/unit only (no training): under 3 minutes on 2 cores [PYTEST_ARGS]
+##   lint        ruff check of covidseg/, semi_supervised/, scripts/, tests/, bench/ (rules in pyproject.toml)
 
 # ---------------------------------------------------------------- setup
 $(STAMPS)/requirements: env/requirements.txt env/constraints.txt
@@ -292,7 +298,7 @@ predict: setup
 
 gradcam: setup
 	@test -n "$(INPUT)" -a -n "$(OUTPUT)" || { echo "ERROR: set INPUT=<CT file or folder> and OUTPUT=<folder>" >&2; exit 1; }
-	$(PY) -m covidseg.gradcam --input "$(INPUT)" --output "$(OUTPUT)" --model $(if $(filter fullres,$(MODEL)),fullres,moe) \
+	$(PY) -m covidseg.gradcam --input "$(INPUT)" --output "$(OUTPUT)" --model $(MODEL) \
 		--backend $(BACKEND) $(if $(LAYER),--layer $(LAYER)) $(MOE_ARGS) $(if $(filter 0,$(TTA)),--disable-tta)
 
 report: setup
@@ -348,3 +354,9 @@ demo: setup clean-demo
 # ---------------------------------------------------------------- tests
 test: setup
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-fast: setup lint
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: setup
+	$(PY) -m ruff check covidseg semi_supervised scripts tests bench

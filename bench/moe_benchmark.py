@@ -158,7 +158,8 @@ def measure_inference_paired(job: dict) -> dict:
         for net in nets.values():
             timed(net)
     rounds = [{name: timed(net) for name, net in nets.items()} for _ in range(job["repeats"])]
-    median = lambda values: sorted(values)[len(values) // 2]  # noqa: E731
+    def median(values):
+        return sorted(values)[len(values) // 2]
     return {"ms": {name: 1000 * median([r[name] for r in rounds]) for name in nets},
             "ratio": {name: median([r[name] / r["baseline"] for r in rounds]) for name in ("k=1", "k=2")}}
 

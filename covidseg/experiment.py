@@ -43,15 +43,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import matplotlib
 
 matplotlib.use("agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from covidseg.core.errors import WorkflowError, main_guard, translate_errors  # noqa: E402
-from covidseg.core.methods import EXPERIMENT_METHODS, METHODS, Method, resolve  # noqa: E402
-from covidseg.core.provenance import budget_line, read_record, settings_line  # noqa: E402
-from covidseg.core.workspace import fold_folder  # noqa: E402
-from covidseg.evaluation import held_out  # noqa: E402
-from covidseg.evaluation.metrics import CaseFileError, CaseMetrics, metrics_per_case  # noqa: E402
-from covidseg.evaluation.prediction_records import model_record, verify_folder  # noqa: E402
+from covidseg.core.errors import WorkflowError, main_guard, translate_errors
+from covidseg.core.methods import EXPERIMENT_METHODS, METHODS, Method, resolve
+from covidseg.core.provenance import budget_line, read_record, settings_line
+from covidseg.core.workspace import fold_folder
+from covidseg.evaluation import held_out
+from covidseg.evaluation.metrics import CaseFileError, CaseMetrics, metrics_per_case
+from covidseg.evaluation.prediction_records import model_record, verify_folder
 
 TASK_ID, TASK = 200, "Task200_COVID_19_20"
 FOLD = "all"

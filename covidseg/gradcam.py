@@ -16,15 +16,15 @@ from typing import Optional, Sequence
 import matplotlib
 
 matplotlib.use("agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import SimpleITK as sitk  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import SimpleITK as sitk
+from tqdm import tqdm
 
-from covidseg.core.challenge import LESION_LABEL  # noqa: E402
-from covidseg.core.errors import WorkflowError, main_guard  # noqa: E402
-from covidseg.core.workspace import add_model_arguments, task_name, trained_model_dir  # noqa: E402
-from covidseg.data.ct_inputs import LUNG_WINDOW, collect_inputs, ensure_writable, refuse_overwrite  # noqa: E402
+from covidseg.core.challenge import LESION_LABEL
+from covidseg.core.errors import WorkflowError, main_guard
+from covidseg.core.workspace import add_model_arguments, task_name, trained_model_dir
+from covidseg.data.ct_inputs import LUNG_WINDOW, collect_inputs, ensure_writable, refuse_overwrite
 
 OUTPUT_SUFFIXES = ("_attention.nii.gz", "_segmentation.nii.gz", "_overlay.png")
 EMPTY_MAP_HINT = ("Grad-CAM++ (gcampp) keeps positive gradients only, and the last decoder block feeds the lesion "

@@ -32,20 +32,20 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import matplotlib
 
 matplotlib.use("agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import SimpleITK as sitk  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import SimpleITK as sitk
 
-from covidseg.core.challenge import LESION_LABEL  # noqa: E402
-from covidseg.core.errors import WorkflowError, main_guard, translate_errors  # noqa: E402
-from covidseg.core.methods import METHODS  # noqa: E402
-from covidseg.core.provenance import budget_line, read_record, settings_line, start_line  # noqa: E402
-from covidseg.core.workspace import (add_model_arguments, ground_truth_dir, model_folders, raw_data_dir,  # noqa: E402
+from covidseg.core.challenge import LESION_LABEL
+from covidseg.core.errors import WorkflowError, main_guard, translate_errors
+from covidseg.core.methods import METHODS
+from covidseg.core.provenance import budget_line, read_record, settings_line, start_line
+from covidseg.core.workspace import (add_model_arguments, ground_truth_dir, model_folders, raw_data_dir,
                                      task_name, test_labels_dir, test_predictions_dir, validation_predictions_dir)
-from covidseg.data.ct_inputs import LUNG_WINDOW  # noqa: E402
-from covidseg.evaluation import held_out  # noqa: E402
-from covidseg.evaluation.metrics import CaseFileError, CaseMetrics, metrics_per_case  # noqa: E402
-from covidseg.evaluation.prediction_records import (CHECKPOINT, ensemble_record, model_record,  # noqa: E402
+from covidseg.data.ct_inputs import LUNG_WINDOW
+from covidseg.evaluation import held_out
+from covidseg.evaluation.metrics import CaseFileError, CaseMetrics, metrics_per_case
+from covidseg.evaluation.prediction_records import (CHECKPOINT, ensemble_record, model_record,
                                                     verify_folder)
 
 

@@ -71,7 +71,8 @@ class Workflow:
         return self.root / "preprocessed" / TASK_NAME
 
     def model(self, configuration: str, trainer: str = TRAINER) -> Path:
-        """nnU-Net's folder of a trained configuration: RESULTS_FOLDER/nnUNet/<config>/<task>/<trainer>__<plans>/fold_F."""
+        """nnU-Net's folder of a trained configuration:
+        RESULTS_FOLDER/nnUNet/<config>/<task>/<trainer>__<plans>/fold_F."""
         return self.root / "results" / "nnUNet" / configuration / TASK_NAME / f"{trainer}__{PLANS}" / f"fold_{FOLD}"
 
     def command(self, name: str, *args: str, expect_ok: bool = True, env_extra: Optional[dict] = None

@@ -60,7 +60,10 @@ def setting_changes(recorded: dict, requested: dict) -> List[str]:
     from nnunet.training.provenance import COMPARED
     old = flatten({k: recorded.get(k) for k in COMPARED})
     new = flatten({k: requested.get(k) for k in COMPARED})
-    shown = lambda v: "not recorded" if v is None else json.dumps(v)  # noqa: E731
+
+    def shown(value) -> str:
+        return "not recorded" if value is None else json.dumps(value)
+
     changed = [key for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key) and not key.endswith(".file")]
     if "settings.finetune.initial_lr" in changed and "budget.initial_lr" in changed:  # one number: named once
         changed.remove("budget.initial_lr")

@@ -19,7 +19,7 @@ def env_folder(variable: str) -> Path:
     value = os.environ.get(variable)
     if not value:
         raise WorkflowError(f"the environment variable {variable} is not set (the Makefile sets it; "
-                            f"see README.md, 'Folders')")
+                            "see docs/getting-started.md, section Folders)")
     return Path(value)
 
 

@@ -10,7 +10,7 @@
     SelfTrainSettings     self-training's rounds and confidence threshold
     WeightTransferSettings  `make weights`' perturbation of experts 1..E-1
 
-Each field is read from one environment variable (the Makefile sets them from its own variables, see README),
+Each field is read from one environment variable (the Makefile sets them from its own variables, see docs/reference.md),
 whose name says whom it belongs to: MOE_* only for the mixture, CONSISTENCY_* for the unlabelled term that the MoE
 and the mean teacher share. Names used before are still read, with a deprecation message, while the new name is
 unset. An unset or empty variable leaves the field's default; a bad value is a ValueError naming the variable.
@@ -171,7 +171,7 @@ class WeightTransferSettings(SettingsGroup):
     """`make weights`: experts 1..E-1 start as the baseline's decoder with `reinit` of each of their layers' output
     channels drawn afresh (Drop-Upcycling) and the rest times (1 + noise x N(0, 1)); expert 0 is an exact copy."""
     noise: float = 1e-3
-    reinit: float = 0.25  # measured on the demo (README, "Which options the measurements picked")
+    reinit: float = 0.25  # measured on the demo (docs/results.md, "The share of re-initialised channels")
 
     ENVIRONMENT = {"noise": Variable("MOE_TRANSFER_NOISE", "TRANSFER_NOISE"),
                    "reinit": Variable("MOE_TRANSFER_REINIT", "TRANSFER_REINIT")}

@@ -4,8 +4,8 @@ from typing import List
 import matplotlib
 
 matplotlib.use("agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 DIAGNOSTICS = {"expert_lesion_dice": "Dice between the chosen experts' lesions",
                "disagreement": "expert disagreement (all unlabelled voxels)",

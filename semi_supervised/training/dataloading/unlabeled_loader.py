@@ -44,6 +44,14 @@ def unlabeled_generator(trainer):
     return generator
 
 
+def stop_generator(generator) -> None:
+    """End a batchgenerators augmenter's worker processes (a no-op for None or a plain iterator). Left to the
+    interpreter's exit, the started workers of the unlabelled stream could deadlock nnUNet_train after training
+    had finished (a lock of their queues held at shutdown); the trainers stop it when training ends."""
+    if generator is not None and hasattr(generator, "_finish"):
+        generator._finish()
+
+
 def unlabeled_sites(trainer) -> Dict[str, str]:
     """Case id -> scanner site of the task's cases, from the raw task's split.json (`make convert` records the sites
     when the download has a site table, sites.csv); empty when there is none."""

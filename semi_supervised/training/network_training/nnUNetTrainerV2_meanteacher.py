@@ -11,10 +11,10 @@ iteration draws the same labelled and unlabelled batches as the MoE, and the los
 with nnU-Net's Dice+CE (deep supervision) as the supervised term and the MoE's weak-to-strong consistency with
 the teacher as the source of pseudo-labels: the teacher's softmax on the weak view gives pseudo-labels and
 confidences, and the student is trained on the strong view (the same perturbations, CutMix and feature
-dropout on the skips and bottleneck, nnunet/training/data_augmentation/strong_perturbations.py) towards the confident ones
-(nnunet/training/loss_functions/consistency.py). Its ConsistencySettings (CONSISTENCY_THRESHOLD, PERTURBATION,
-CONSISTENCY_LAMBDA_MAX, CONSISTENCY_WARMUP_EPOCHS, CONSISTENCY_RAMPUP_EPOCHS) are the MoE's; the kind is always
-weak_strong. Settings by name (checkpoint .pkl, settings.json): "finetune", "consistency", "ema".
+dropout on the skips and bottleneck, nnunet/training/data_augmentation/strong_perturbations.py) towards the
+confident ones (nnunet/training/loss_functions/consistency.py). Its ConsistencySettings (CONSISTENCY_THRESHOLD,
+PERTURBATION, CONSISTENCY_LAMBDA_MAX, CONSISTENCY_WARMUP_EPOCHS, CONSISTENCY_RAMPUP_EPOCHS) are the MoE's; the kind
+is always weak_strong. Settings by name (checkpoint .pkl, settings.json): "finetune", "consistency", "ema".
 
 The student is the model nnU-Net saves, validates and predicts with; the teacher's weights are saved beside
 each checkpoint (`<checkpoint>.teacher`) so that `-c` resumes it (without that file it restarts as a copy of
@@ -28,7 +28,7 @@ import torch
 from torch.cuda.amp import autocast
 
 from nnunet.training.data_augmentation.strong_perturbations import feature_dropout, strong_view
-from nnunet.training.dataloading.unlabeled_loader import unlabeled_generator
+from nnunet.training.dataloading.unlabeled_loader import stop_generator, unlabeled_generator
 from nnunet.training.loss_functions.consistency import (ConsistencySettings, PseudoLabels, confident_fraction,
                                                         pseudo_labels, thresholded_cross_entropy)
 from nnunet.training.loss_functions.moe_losses import consistency_weight
@@ -103,7 +103,11 @@ class nnUNetTrainerV2_meanteacher(FinetuneSettingsMixin, nnUNetTrainerV2):
 
     def run_training(self):
         self.ensure_teacher()
-        return super().run_training()
+        try:
+            return super().run_training()
+        finally:
+            stop_generator(self.unlabeled_gen)
+            self.unlabeled_gen = None
 
     def consistency_lambda(self) -> float:
         c = self.consistency

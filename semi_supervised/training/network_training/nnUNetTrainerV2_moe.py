@@ -64,7 +64,7 @@ from torch.cuda.amp import autocast
 from nnunet.network_architecture.generic_UNet_MoE import GateDecision, MoEOutput
 from nnunet.network_architecture.unet_factory import generic_unet_moe
 from nnunet.training.data_augmentation.strong_perturbations import feature_dropout, strong_view
-from nnunet.training.dataloading.unlabeled_loader import unlabeled_generator, unlabeled_sites
+from nnunet.training.dataloading.unlabeled_loader import stop_generator, unlabeled_generator, unlabeled_sites
 from nnunet.training.loss_functions.consistency import (ConsistencySettings, PseudoLabels, confident_fraction,
                                                         confident_fraction_lesion, disagreement, lesion_dice,
                                                         pseudo_labels, weak_to_strong_loss)
@@ -189,6 +189,13 @@ class nnUNetTrainerV2_moe(FinetuneSettingsMixin, nnUNetTrainerV2):
         if training:
             self.unlabeled_gen = unlabeled_generator(self)
             self.sites = unlabeled_sites(self)
+
+    def run_training(self):
+        try:
+            return super().run_training()
+        finally:
+            stop_generator(self.unlabeled_gen)
+            self.unlabeled_gen = None
 
     # ------------------------------------------------------------------ one iteration
     def consistency_lambda(self) -> float:
@@ -335,7 +342,10 @@ class nnUNetTrainerV2_moe(FinetuneSettingsMixin, nnUNetTrainerV2):
             entry = self.epoch_entry()
             self.moe_log.append(entry)
             self.start_epoch_records()
-            shown = lambda value: "-" if value is None else "%.4f" % value  # noqa: E731 (one line per value)
+
+            def shown(value) -> str:
+                return "-" if value is None else "%.4f" % value
+
             self.print_to_log_file(
                 "moe: supervised %s, consistency %s, lambda %s, balance %s, " % tuple(
                     shown(entry[k]) for k in ("supervised", "consistency", "lambda", "balance"))

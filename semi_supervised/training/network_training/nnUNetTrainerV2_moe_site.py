@@ -8,8 +8,8 @@ beat the mean teacher, a learned gate will not either.
 The gate cannot be told a new scan's site at inference, so it learns to imitate the oracle: its loss is the
 cross-entropy between its noise-free scores and the site's expert, in place of the load-balancing loss and with its
 weight (MOE_BALANCE_ALPHA: at weight 1 the gate's logits grew by tens per step under nnU-Net's SGD and its
-cross-entropy ended at 7.5); it reads detached features, so it trains the gate alone. `route_site_mi` in moe_log.json shows how well it
-does; at inference (test set, predict) the gate routes.
+cross-entropy ended at 7.5); it reads detached features, so it trains the gate alone. `route_site_mi` in
+moe_log.json shows how well it does; at inference (test set, predict) the gate routes.
 
 Its own class, so its models have their own folder: `make semi ROUTING=site`, `make experiment METHODS=moe_site`.
 """

@@ -8,7 +8,7 @@ import SimpleITK as sitk
 
 from covidseg.core.errors import ProblemsError, WorkflowError
 from covidseg.data.ct_inputs import collect_inputs
-from tests.test_image_checks import truncate, write_ct
+from tests.unit.test_image_checks import truncate, write_ct
 
 
 def problems_of(source: Path) -> str:

@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 
 from tests.helpers import tiny_moe
 from covidseg.core.distributed import free_port
-from tests.test_nnUNetTrainerV2_DDP import WORLD, ds_weights, join_cpu_group, one_step, rank_half, step_inputs
+from tests.unit.test_nnUNetTrainerV2_DDP import WORLD, ds_weights, join_cpu_group, one_step, rank_half, step_inputs
 
 
 def moe_network(dim: int):

@@ -57,7 +57,7 @@ def test_ensemble_and_dice_table(workflow):
     out = workflow.outputs["baseline"]
     table = out[out.index("Validation Dice"):]
     for model in ("fullres", "lowres", "ensemble"):
-        line = next(l for l in table.splitlines() if l.strip().startswith(model))
+        line = next(row for row in table.splitlines() if row.strip().startswith(model))
         assert 0.0 <= float(line.split()[-1]) <= 1.0
     ensemble = workflow.root / "results" / "nnUNet" / "ensembles"
     validated = list((workflow.model("3d_fullres") / "validation_raw").glob("*.nii.gz"))

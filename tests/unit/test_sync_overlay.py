@@ -75,5 +75,6 @@ def test_nnunet_lookup_finds_the_overlay_planner():
     import nnunet
     from nnunet.training.model_restore import recursive_find_python_class
     planner = recursive_find_python_class([str(Path(nnunet.__path__[0]) / "experiment_planning")],
-                                          "ExperimentPlanner3D_v21_CPUDemo", current_module="nnunet.experiment_planning")
+                                          "ExperimentPlanner3D_v21_CPUDemo",
+                                          current_module="nnunet.experiment_planning")
     assert planner is not None and planner.MAX_PATCH_SIZE == (16, 48, 48)

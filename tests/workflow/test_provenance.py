@@ -16,6 +16,9 @@ from covidseg.evaluation import prediction_records
 from tests.helpers import BASELINE_ITERATIONS, FULLRES_EPOCHS, MOE_TRAINER, PLANS, Workflow
 
 CONTROL_TRAINER = "nnUNetTrainerV2_finetune"
+# what a model trained with no MOE_* variable records (semi_supervised/training/settings.py MoESettings)
+DEFAULT_MOE = {"num_experts": 3, "top_k": 2, "balance_alpha": 0.01, "balance_decay": 0.9, "gate_features": "stem",
+               "gate_noise": 0.05, "supervised_loss": "gate_weighted"}
 
 
 def copy_of(workflow: Workflow, folder: Path) -> Workflow:
@@ -50,7 +53,7 @@ def test_every_trained_model_records_its_settings(control_workflow):
     assert fullres["processes"] == 1
     moe = json.loads((control_workflow.model("3d_fullres", MOE_TRAINER) / "settings.json").read_text())
     assert moe["budget"]["epochs"] == 2 and set(moe["settings"]) == {"finetune", "moe", "consistency"}
-    assert moe["settings"]["moe"] == {"num_experts": 3, "top_k": 2, "balance_alpha": 0.01}
+    assert moe["settings"]["moe"] == DEFAULT_MOE
     assert moe["settings"]["consistency"]["kind"] == "weak_strong"
     assert moe["initialised_from"]["file"].endswith("moe_init_fold_4.model")
     control = json.loads((control_workflow.model("3d_fullres", CONTROL_TRAINER) / "settings.json").read_text())
@@ -63,7 +66,7 @@ def test_the_checkpoint_pkl_holds_the_settings_by_name_and_restores_them(moe_wor
     from nnunet.training.model_restore import restore_model
     checkpoint = moe_workflow.model("3d_fullres", MOE_TRAINER) / "model_final_checkpoint.model"
     info = pickle.loads(Path(str(checkpoint) + ".pkl").read_bytes())
-    assert info["settings"]["moe"] == {"num_experts": 3, "top_k": 2, "balance_alpha": 0.01}
+    assert info["settings"]["moe"] == DEFAULT_MOE
     assert len(info["init"]) == 9  # nnU-Net's own positional arguments only
     monkeypatch.setenv("MOE_TOP_K", "1")  # the environment does not change a restored model
     monkeypatch.setenv("MOE_NUM_EXPERTS", "5")
@@ -92,7 +95,7 @@ def test_weights_refuses_an_initialisation_of_other_settings(moe_workflow):
     init = moe_workflow.root / "results" / "nnUNet" / "3d_fullres" / "Task200_COVID_19_20" / \
         f"{MOE_TRAINER}__{PLANS}" / "moe_init_fold_4.model"
     stored = torch.load(init, map_location="cpu", weights_only=True)
-    assert stored["moe"] == {"num_experts": 3, "top_k": 2, "balance_alpha": 0.01}
+    assert stored["moe"] == DEFAULT_MOE
     assert stored["source_sha256"] == prediction_records.checkpoint_sha256(moe_workflow.model("3d_fullres"))
     result = moe_workflow.command("weights", *moe_workflow.workflow_args(), env_extra={"MOE_NUM_EXPERTS": "4"},
                                   expect_ok=False)
@@ -146,7 +149,8 @@ def test_a_model_from_before_settings_were_recorded_still_predicts(moe_workflow,
     (folder / "settings.json").unlink()
     pkl = Path(str(folder / "model_final_checkpoint.model") + ".pkl")
     info = pickle.loads(pkl.read_bytes())
-    old_moe = {"num_experts": 3, "top_k": 2, "balance_alpha": 0.01}
+    # old models record 3 fields and read the bottleneck (RECORD_DEFAULTS); this checkpoint's gate reads the stem
+    old_moe = {"num_experts": 3, "top_k": 2, "balance_alpha": 0.01, "gate_features": "stem"}
     info["init"] = tuple(info["init"]) + (old_moe, info["settings"]["consistency"])
     del info["settings"]
     pkl.write_bytes(pickle.dumps(info))

@@ -12,7 +12,7 @@ import torch
 from covidseg.core.distributed import Launch, free_port, launch_from_arguments
 from covidseg.core.errors import WorkflowError
 from tests.helpers import MOE_TRAINER, PLANS, TASK, TRAINER
-from tests.test_nnunet_runs import EPOCHS, first_epoch_of_the_last_run, saved_epoch, \
+from tests.workflow.test_nnunet_runs import EPOCHS, first_epoch_of_the_last_run, saved_epoch, \
     start_and_kill_after_a_saved_epoch
 
 DDP_FOLD = "3"  # a fold no other test trains

@@ -12,7 +12,8 @@ DIMS = [2, 3]
 def test_key_mapping():
     assert baseline_key_for("experts.2.tu.1.weight") == "tu.1.weight"
     assert baseline_key_for("experts.0.seg_outputs.0.weight") == "seg_outputs.0.weight"
-    assert baseline_key_for("conv_blocks_context.0.blocks.0.conv.weight") == "conv_blocks_context.0.blocks.0.conv.weight"
+    encoder = "conv_blocks_context.0.blocks.0.conv.weight"
+    assert baseline_key_for(encoder) == encoder
     assert baseline_key_for("gate.w_gate.weight") is None
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tests.helpers import FOLD, PLANS
-from tests.test_nnUNetTrainerV2_moe import CONSISTENCY, MOE, shut_down
+from tests.workflow.test_nnUNetTrainerV2_moe import CONSISTENCY, MOE, shut_down
 
 
 def make_site_trainer(workflow, output):

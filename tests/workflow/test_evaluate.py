@@ -33,7 +33,7 @@ def test_every_model_segments_every_test_case_in_its_geometry(evaluated_workflow
 def test_evaluate_prints_the_test_dice_of_every_model(evaluated_workflow):
     table = evaluated_workflow.outputs["evaluate"].split("Test-set Dice")[1]
     for name in ("lowres", "fullres", ENSEMBLE, "control", "moe"):
-        line = next(l for l in table.splitlines() if l.strip().startswith(name + " "))
+        line = next(row for row in table.splitlines() if row.strip().startswith(name + " "))
         assert 0 <= float(line.split()[-1]) <= 1
 
 

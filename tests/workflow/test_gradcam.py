@@ -117,7 +117,7 @@ def test_gradcam_errors_name_the_problem(moe_workflow, tmp_path):
 
 
 def test_gradcam_checks_every_input_before_mapping_any(moe_workflow, tmp_path):
-    from tests.test_semi_supervised_workflow import broken_inputs
+    from tests.workflow.test_semi_supervised_workflow import broken_inputs
     inputs = broken_inputs(moe_workflow, tmp_path / "in")
     result = moe_workflow.command("gradcam", "--input", str(inputs), "--output", str(tmp_path / "out"),
                                  "--disable-tta", *moe_workflow.workflow_args(), expect_ok=False)

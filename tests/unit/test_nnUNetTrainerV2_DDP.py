@@ -1,5 +1,5 @@
 """nnU-Net's DDP trainer on a CPU (gloo, 2 processes; patch 0008): the same step as one process on the whole
-batch, and the batch split. tests/test_distributed.py runs it under torchrun through `make baseline`."""
+batch, and the batch split. tests/workflow/test_distributed.py runs it under torchrun through `make baseline`."""
 import os
 
 import numpy as np

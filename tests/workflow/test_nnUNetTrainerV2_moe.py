@@ -111,7 +111,11 @@ def test_validation_iteration_does_not_touch_the_weights(trainer):
 def test_resume_continues_the_epoch_count_and_the_moe_log(workflow, tmp_path):
     first = make_trainer(workflow, tmp_path)
     first.initialize(True)
+    unlabeled = first.unlabeled_gen
     first.run_training()
+    # the unlabelled stream's workers are stopped by the trainer (left to the interpreter's exit, they could
+    # deadlock nnUNet_train after training)
+    assert first.unlabeled_gen is None and unlabeled._processes == [] and unlabeled.abort_event.is_set()
     shut_down(first)
     folder = Path(first.output_folder)  # nnU-Net adds fold_<F>
     assert (folder / "model_final_checkpoint.model").is_file()

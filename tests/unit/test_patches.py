@@ -11,7 +11,7 @@ import torch
 
 from nnunet.training.network_training.network_trainer import NetworkTrainer
 from nnunet.utilities.to_torch import to_cuda
-from tests.helpers import BASELINE_ITERATIONS, FULLRES_EPOCHS, tiny_plan
+from tests.helpers import tiny_plan
 
 
 @pytest.fixture
@@ -212,13 +212,3 @@ def test_restore_model_gives_the_settings_back_by_name(tmp_path, monkeypatch):
     del info["settings"]  # a .pkl written before settings were stored: the trainer reads its environment
     (tmp_path / "model.pkl").write_bytes(pickle.dumps(info))
     assert restore_model(str(tmp_path / "model.pkl")).initial_lr == 0.02
-
-
-def test_nnunet_train_writes_settings_json(workflow):
-    import json
-    for configuration in ("3d_fullres", "3d_lowres"):
-        record = json.loads((workflow.model(configuration) / "settings.json").read_text())
-        assert record["model"]["configuration"] == configuration and record["model"]["trainer"] == "nnUNetTrainerV2"
-        assert record["budget"] == {"epochs": FULLRES_EPOCHS, "iterations_per_epoch": BASELINE_ITERATIONS,
-                                    "validation_iterations_per_epoch": 1, "initial_lr": 0.01}
-        assert record["plan"]["patch_size"] and len(record["plan"]["sha256"]) == 64

@@ -34,7 +34,7 @@ def apply(tree: Path, **env) -> subprocess.CompletedProcess:
     return subprocess.run(["bash", str(APPLY), str(tree)], capture_output=True, text=True, env=run_env(**env))
 
 
-TEST_REFERENCE = re.compile(r"(tests/test_\w+\.py)::(\w+)")
+TEST_REFERENCE = re.compile(r"(tests/(?:unit|workflow)/test_\w+\.py)::(\w+)")
 UPSTREAM_COMMIT = re.compile(r"\b[0-9a-f]{40}\b")
 
 
@@ -48,7 +48,7 @@ def test_every_patch_says_why_which_tests_prove_it_and_where_it_comes_from(patch
     text = header(patch)
     assert "Why:" in text and "Proved by" in text
     references = TEST_REFERENCE.findall(text)
-    assert references, "name the tests as tests/test_<module>.py::test_<name>"
+    assert references, "name the tests as tests/<unit|workflow>/test_<module>.py::test_<name>"
     for test_file, test_name in references:
         assert re.search(rf"^def {test_name}\(", (REPO / test_file).read_text(), re.M), \
             f"{patch.name} names {test_file}::{test_name}, which does not exist"

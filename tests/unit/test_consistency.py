@@ -1,4 +1,4 @@
-"""Weak-to-strong pseudo-supervision and its diagnostics (ConsistencySettings: tests/test_settings.py)."""
+"""Weak-to-strong pseudo-supervision and its diagnostics (ConsistencySettings: tests/unit/test_settings.py)."""
 import pytest
 import torch
 
