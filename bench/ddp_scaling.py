@@ -18,8 +18,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from covidseg.benchmarking import backward_and_step, benchmark_plan, build, deep_supervision_loss, synchronize
-from covidseg.core.distributed import free_port
+from benchmarking import backward_and_step, benchmark_plan, build, deep_supervision_loss, synchronize
+from covidseg.runs.distributed import free_port
 
 
 def rank_main(rank: int, world: int, port: int, job: dict, results) -> None:

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from covidseg.benchmarking import backward_and_step, benchmark_plan, build, deep_supervision_loss, synchronize
+from benchmarking import backward_and_step, benchmark_plan, build, deep_supervision_loss, synchronize
 
 TARGETS_VS_FLOOR = {"train_k2": 1.05, "inference_k1": 1.02}  # measured ratio / FLOP floor
 PEAK_MEMORY_TARGET_MB = 24 * 1024

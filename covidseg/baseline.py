@@ -12,9 +12,9 @@ import argparse
 from pathlib import Path
 from typing import Optional, Sequence
 
-from covidseg.core.distributed import add_launch_arguments, launch_from_arguments
+from covidseg.runs.distributed import add_launch_arguments, launch_from_arguments
 from covidseg.core.errors import WorkflowError, main_guard
-from covidseg.core.nnunet_runs import (add_training_arguments, add_validation_argument, print_and_save_dice_table,
+from covidseg.runs.nnunet_runs import (add_training_arguments, add_validation_argument, print_and_save_dice_table,
                                       train_or_resume, validation_dice)
 from covidseg.core.workspace import (add_model_arguments, configurations, ensemble_dir, ground_truth_dir, load_plans,
                                      run, task_name)

@@ -1,7 +1,7 @@
 """`make evaluate`: segment the held-out test set (imagesTs/, `make convert TEST_FRACTION=...`) with every
 trained model, into the model folders:
 
-    <model fold folder>/test_predictions/<case>.nii.gz     every trained model of covidseg.core.methods.METHODS
+    <model fold folder>/test_predictions/<case>.nii.gz     every trained model of covidseg.runs.methods.METHODS
                                                             (nnUNet_predict)
     <ensemble folder>/test_predictions/<case>.nii.gz        lowres + fullres softmax averaged (nnUNet_ensemble)
     .../test_predictions/made_by.json                       the checkpoint(s) that made them
@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 from covidseg.core.errors import WorkflowError, main_guard
-from covidseg.core.methods import METHODS, Method
-from covidseg.core.nnunet_runs import nnunet_predict, print_and_save_dice_table, validation_dice
-from covidseg.core.workspace import (add_model_arguments, model_dir, model_folders, run, task_name, test_images_dir,
-                                     test_labels_dir, test_predictions_dir)
+from covidseg.runs.methods import METHODS, Method
+from covidseg.runs.nnunet_runs import nnunet_predict, print_and_save_dice_table, validation_dice
+from covidseg.core.workspace import (add_model_arguments, model_dir, run, task_name, test_images_dir, test_labels_dir,
+                                     test_predictions_dir)
+from covidseg.runs.methods import model_folders
 from covidseg.evaluation.prediction_records import ensemble_record, model_record, prepare_folder, read_record
 
 

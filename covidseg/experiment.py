@@ -2,7 +2,7 @@
 
 For every labelled fraction x seed (a run, in <dir>/runs/lf<fraction>_seed<seed>/, with its own nnU-Net folders):
     convert (the test set held out first, so it is the same for every fraction of a seed; smaller labelled
-    fractions nested in larger ones) -> preprocess -> for each method (covidseg.core.methods): train it (nnU-Net's
+    fractions nested in larger ones) -> preprocess -> for each method (covidseg.runs.methods): train it (nnU-Net's
     fold `all`: every labelled case trains, the held-out test set does the evaluating) -> segment the test set
 then, over all runs:
     <dir>/results.csv                  one row per fraction, seed, method and test case
@@ -46,8 +46,8 @@ matplotlib.use("agg")
 import matplotlib.pyplot as plt
 
 from covidseg.core.errors import WorkflowError, main_guard, translate_errors
-from covidseg.core.methods import EXPERIMENT_METHODS, METHODS, Method, resolve
-from covidseg.core.provenance import budget_line, read_record, settings_line
+from covidseg.runs.methods import EXPERIMENT_METHODS, METHODS, Method, resolve
+from covidseg.runs.provenance import budget_line, read_record, settings_line
 from covidseg.core.workspace import fold_folder
 from covidseg.evaluation import held_out
 from covidseg.evaluation.metrics import CaseFileError, CaseMetrics, metrics_per_case
@@ -358,8 +358,9 @@ def parse_arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("download", type=Path, nargs="?", default=None,
                         help="the COVID-19-20 download (or a synthetic one); optional with --preset")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help="; ".join(
-        f"{name}: {preset.description}" for name, preset in PRESETS.items()))
+    presets = "; ".join(f"{name}: {preset.description}" for name, preset in PRESETS.items())
+    # argparse %-formats a help text: a literal % is written %%
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None, help=presets.replace("%", "%%"))
     parser.add_argument("--dir", type=Path, required=True, help="the experiment's folder (EXPERIMENT_DIR)")
     parser.add_argument("--labeled-fractions", type=float, nargs="+", default=[0.1, 0.25, 0.5])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])

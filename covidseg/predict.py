@@ -8,7 +8,7 @@ that name, and each segmentation is written as <case>.nii.gz, where <case> is th
 
 GPUS="0 1 ...": the inputs are split over one nnUNet_predict process per GPU (nnU-Net's --part_id / --num_parts).
 
-MODEL: any trained model of the method registry (covidseg.core.methods.METHODS): moe, moe_cps, control, selftrain,
+MODEL: any trained model of the method registry (covidseg.runs.methods.METHODS): moe, moe_cps, control, selftrain,
 meanteacher, fullres, lowres, or ensemble (fullres + lowres, averaged softmax through nnUNet_ensemble). Existing
 segmentations in OUTPUT are not overwritten without --force.
 """
@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from covidseg.core.errors import WorkflowError, main_guard
-from covidseg.core.methods import METHODS, Method
-from covidseg.core.nnunet_runs import nnunet_predict
+from covidseg.runs.methods import METHODS, Method
+from covidseg.runs.nnunet_runs import nnunet_predict
 from covidseg.core.workspace import add_model_arguments, run, task_name, trained_model_dir
 from covidseg.data.ct_inputs import collect_inputs, ensure_writable, refuse_overwrite
 

@@ -38,10 +38,11 @@ import SimpleITK as sitk
 
 from covidseg.core.challenge import LESION_LABEL
 from covidseg.core.errors import WorkflowError, main_guard, translate_errors
-from covidseg.core.methods import METHODS
-from covidseg.core.provenance import budget_line, read_record, settings_line, start_line
-from covidseg.core.workspace import (add_model_arguments, ground_truth_dir, model_folders, raw_data_dir,
-                                     task_name, test_labels_dir, test_predictions_dir, validation_predictions_dir)
+from covidseg.runs.methods import METHODS
+from covidseg.runs.provenance import budget_line, read_record, settings_line, start_line
+from covidseg.core.workspace import (add_model_arguments, ground_truth_dir, raw_data_dir, task_name, test_labels_dir,
+                                     test_predictions_dir, validation_predictions_dir)
+from covidseg.runs.methods import model_folders
 from covidseg.data.ct_inputs import LUNG_WINDOW
 from covidseg.evaluation import held_out
 from covidseg.evaluation.metrics import CaseFileError, CaseMetrics, metrics_per_case

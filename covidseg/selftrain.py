@@ -9,7 +9,7 @@ pseudo_labels/, never into the task. Prints the validation Dice beside the other
 """
 from typing import Optional, Sequence
 
-from covidseg.core.baseline_variants import main_for
+from covidseg.runs.baseline_variants import main_for
 from covidseg.core.errors import main_guard
 
 

@@ -9,12 +9,12 @@ and the MoE on the same cases.
 import argparse
 from typing import Optional, Sequence
 
-from covidseg.core.distributed import add_launch_arguments, launch_from_arguments
+from covidseg.runs.distributed import add_launch_arguments, launch_from_arguments
 from covidseg.core.errors import WorkflowError, main_guard
-from covidseg.core.nnunet_runs import (add_training_arguments, add_validation_argument, print_validation_table,
+from covidseg.runs.nnunet_runs import (add_training_arguments, add_validation_argument, print_validation_table,
                                       train_or_resume)
-from covidseg.core.workspace import (add_model_arguments, ground_truth_dir, load_plans, model_folders, moe_init_file,
-                                     task_name)
+from covidseg.core.workspace import add_model_arguments, ground_truth_dir, load_plans, moe_init_file, task_name
+from covidseg.runs.methods import model_folders
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

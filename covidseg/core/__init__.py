@@ -1,1 +1,2 @@
-"""What every command shares: the error convention, the challenge's layout, nnU-Net's folders and runs."""
+"""What every command shares and what depends on nothing else of the workspace: the error convention, the
+challenge's layout, nnU-Net's folders and subprocesses."""

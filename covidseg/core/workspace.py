@@ -98,22 +98,6 @@ ENSEMBLE = "ensemble"
 TEST_PREDICTIONS = "test_predictions"
 
 
-def method_folder(method, task: str, plans: str, fold, args) -> Path:
-    """The fold folder of a method's model (an ensemble's: its ensembled predictions) under the model arguments
-    `args` (add_model_arguments: they may name other trainers)."""
-    trainer = method.trainer_for(args)
-    if method.is_ensemble:
-        return ensemble_dir(task, trainer, plans, fold)
-    return model_dir(method.configuration, task, trainer, plans, fold)
-
-
-def model_folders(task: str, plans: str, fold, args) -> Dict[str, Path]:
-    """Every model of the method registry (covidseg.core.methods.METHODS), name -> its fold folder, in the
-    registry's order (the order reports list them)."""
-    from covidseg.core.methods import METHODS
-    return {name: method_folder(method, task, plans, fold, args) for name, method in METHODS.items()}
-
-
 def validation_predictions_dir(name: str, folder: Path) -> Path:
     return folder if name == ENSEMBLE else folder / "validation_raw"
 

@@ -16,7 +16,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 from covidseg.evaluation.metrics import CaseMetrics
 from covidseg.evaluation.statistics import Estimate, PairedDifference, mean_with_ci, paired_difference
 
-# other semi-supervised methods of `make experiment` (covidseg.core.methods), compared with the MoE and the control
+# other semi-supervised methods of `make experiment` (covidseg.runs.methods), compared with the MoE and the control
 OTHER_SEMI_SUPERVISED = ("moe_cps", "moe_site", "selftrain", "meanteacher")
 COMPARISONS: Sequence[Tuple[str, str]] = (
     (("moe", "control"), ("moe", "fullres")) + tuple(("moe", m) for m in OTHER_SEMI_SUPERVISED)

@@ -11,7 +11,7 @@
      "processes": the number of training processes, "written": when}
 
 The first six entries (COMPARED) are what a model *is*: the workspace refuses to resume or reuse a model whose
-recorded entries differ from those asked for (covidseg.core.provenance). The others are for the record only: a
+recorded entries differ from those asked for (covidseg.runs.provenance). The others are for the record only: a
 code update or a new torch does not make a model another one, and a DDP run trains the same model as one process.
 """
 import hashlib

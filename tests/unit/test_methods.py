@@ -1,8 +1,8 @@
-"""covidseg.core.methods: the one registry of the workspace's models, the methods make experiment compares, and
+"""covidseg.runs.methods: the one registry of the workspace's models, the methods make experiment compares, and
 their order."""
 import pytest
 
-from covidseg.core.methods import METHODS, resolve
+from covidseg.runs.methods import METHODS, resolve
 
 
 def test_required_methods_come_first_and_once():

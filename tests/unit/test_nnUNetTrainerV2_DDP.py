@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from covidseg.core.distributed import free_port
+from covidseg.runs.distributed import free_port
 from nnunet.utilities.distributed import split_batch
 from tests.helpers import tiny_unet
 

@@ -8,7 +8,7 @@ import torch
 import torch.multiprocessing as mp
 
 from tests.helpers import tiny_moe
-from covidseg.core.distributed import free_port
+from covidseg.runs.distributed import free_port
 from tests.unit.test_nnUNetTrainerV2_DDP import WORLD, ds_weights, join_cpu_group, one_step, rank_half, step_inputs
 
 

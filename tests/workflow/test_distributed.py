@@ -1,4 +1,4 @@
-"""covidseg.core.distributed: make baseline / semi on 2 processes through torchrun (gloo on a CPU), in the trainer's
+"""covidseg.runs.distributed: make baseline / semi on 2 processes through torchrun (gloo on a CPU), in the trainer's
 own folder: rank 0 alone writes, validates every case and records the world size; a 2-process MoE training killed
 with SIGKILL resumes; the launch settings and the free port."""
 import json
@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from covidseg.core.distributed import Launch, free_port, launch_from_arguments
+from covidseg.runs.distributed import Launch, free_port, launch_from_arguments
 from covidseg.core.errors import WorkflowError
 from tests.helpers import MOE_TRAINER, PLANS, TASK, TRAINER
 from tests.workflow.test_nnunet_runs import EPOCHS, first_epoch_of_the_last_run, saved_epoch, \

@@ -1,4 +1,4 @@
-"""covidseg.core.nnunet_runs: a training killed with SIGKILL (pre-emption, out-of-memory kill) is resumed by running
+"""covidseg.runs.nnunet_runs: a training killed with SIGKILL (pre-emption, out-of-memory kill) is resumed by running
 the same make target again, at the epoch after its last checkpoint, and finishes with the requested epoch count."""
 import os
 import signal

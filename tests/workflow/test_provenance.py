@@ -1,4 +1,4 @@
-"""Every number knows where it came from (covidseg.core.provenance, covidseg.evaluation.prediction_records,
+"""Every number knows where it came from (covidseg.runs.provenance, covidseg.evaluation.prediction_records,
 nnunet/training/provenance.py): a model records its settings, a training command refuses a model trained under
 other settings, test predictions are tied to the checkpoint that made them."""
 import gzip
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from covidseg.core.provenance import setting_changes
+from covidseg.runs.provenance import setting_changes
 from covidseg.evaluation import prediction_records
 from tests.helpers import BASELINE_ITERATIONS, FULLRES_EPOCHS, MOE_TRAINER, PLANS, Workflow
 

@@ -7,7 +7,10 @@ settings: nnunet/training/settings.py); a variant with other settings is a train
 the nnU-Net idiom (nnUNetTrainerV2_moe_cps).
 """
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, Optional, Tuple
+
+from covidseg.core.workspace import ensemble_dir, model_dir
 
 
 @dataclass(frozen=True)
@@ -86,3 +89,18 @@ def resolve(names) -> Tuple[Method, ...]:
     for name in names:
         add(name)
     return tuple(ordered)
+
+
+def method_folder(method, task: str, plans: str, fold, args) -> Path:
+    """The fold folder of a method's model (an ensemble's: its ensembled predictions) under the model arguments
+    `args` (add_model_arguments: they may name other trainers)."""
+    trainer = method.trainer_for(args)
+    if method.is_ensemble:
+        return ensemble_dir(task, trainer, plans, fold)
+    return model_dir(method.configuration, task, trainer, plans, fold)
+
+
+def model_folders(task: str, plans: str, fold, args) -> Dict[str, Path]:
+    """Every model of the method registry (METHODS), name -> its fold folder, in the registry's order (the order
+    reports list them)."""
+    return {name: method_folder(method, task, plans, fold, args) for name, method in METHODS.items()}

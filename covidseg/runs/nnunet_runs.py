@@ -11,9 +11,9 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from covidseg.core.distributed import Launch
+from covidseg.runs.distributed import Launch
 from covidseg.core.errors import WorkflowError, translate_errors
-from covidseg.core.provenance import SETTINGS_FILE, read_record, refuse_changed, requested_record, setting_changes
+from covidseg.runs.provenance import SETTINGS_FILE, read_record, refuse_changed, requested_record, setting_changes
 from covidseg.core.workspace import load_plans, model_dir, run, run_in_parallel, task_name, trained_model_dir
 from covidseg.evaluation.metrics import CaseFileError, dice_per_case
 
@@ -27,7 +27,7 @@ def has_npz_validation(folder: Path) -> bool:
 def refuse_or_retrain_changed(configuration: str, task: str, trainer: str, plans: str, fold, folder: Path,
                               initialised_from: Optional[Path], retrain_changed: bool) -> bool:
     """Whether a model that exists in `folder` (finished or interrupted) must be trained again because it was trained
-    with other settings than those asked for now (covidseg.core.provenance): refused with the list of differences,
+    with other settings than those asked for now (covidseg.runs.provenance): refused with the list of differences,
     unless `retrain_changed`. A model without settings.json (trained before they were recorded) is used as it is,
     with a note."""
     recorded = read_record(folder)
@@ -58,7 +58,7 @@ def train_or_resume(configuration: str, task_id: int, task: str, trainer: str, p
                     initialised_from: Optional[Path] = None, retrain_changed: bool = False) -> Path:
     """Train (or resume, or skip) one configuration; returns its fold folder. first_start_args only for a fresh start.
     validate=False: no inference on the fold's validation cases after training (patch 0006), for fold `all`.
-    launch: how many processes (covidseg.core.distributed; the model folder is the same for any number).
+    launch: how many processes (covidseg.runs.distributed; the model folder is the same for any number).
     initialised_from: the -pretrained_weights file of a fresh start (compared with the model's record).
     A model trained with other settings is refused, or trained again with retrain_changed (or force)."""
     folder = model_dir(configuration, task, trainer, plans, fold)

@@ -4,16 +4,15 @@ checkpoint, validate the fold, print its Dice beside the baseline's and the othe
 import argparse
 from typing import Optional, Sequence
 
-from covidseg.core.distributed import Launch, add_launch_arguments, launch_from_arguments
-from covidseg.core.methods import METHODS
-from covidseg.core.nnunet_runs import (add_training_arguments, add_validation_argument, continue_from_baseline,
+from covidseg.runs.distributed import Launch, add_launch_arguments, launch_from_arguments
+from covidseg.runs.methods import METHODS
+from covidseg.runs.nnunet_runs import (add_training_arguments, add_validation_argument, continue_from_baseline,
                                       print_validation_table)
-from covidseg.core.workspace import add_model_arguments, ground_truth_dir, model_folders, task_name
-
-
+from covidseg.core.workspace import (add_model_arguments, ground_truth_dir, task_name)
+from covidseg.runs.methods import model_folders
 def main_for(method: str, description: str, argv: Optional[Sequence[str]], distributed: bool = False) -> None:
     """distributed: the method's trainer has a DDP variant, so the command takes the launch arguments
-    (covidseg.core.distributed)."""
+    (covidseg.runs.distributed)."""
     parser = argparse.ArgumentParser(description=description)
     add_model_arguments(parser)
     add_training_arguments(parser, f"{method} from the baseline")
