@@ -194,7 +194,7 @@ help:
 ##               student on labelled + confident ones, then fine-tuned on the labelled [SELFTRAIN_ROUNDS=1
 ##               SELFTRAIN_THRESHOLD=0.8 FINETUNE_LR EPOCHS ITERS VAL_ITERS FORCE=]
 ##   meanteacher 3d_fullres + EMA teacher, the MoE's weak-to-strong consistency without experts [EMA_DECAY=0.99
-##               CONFIDENCE_THRESHOLD PERTURBATION LAMBDA_MAX WARMUP_EPOCHS RAMPUP_EPOCHS FINETUNE_LR EPOCHS FORCE=]
+##               CONFIDENCE_THRESHOLD PERTURBATION LAMBDA_MAX WARMUP_EPOCHS RAMPUP_EPOCHS FINETUNE_LR EPOCHS NPROC_PER_NODE FORCE=]
 ##   weights     baseline 3d_fullres checkpoint -> MoE initialisation [FOLD TRANSFER_NOISE=0.001 TRANSFER_REINIT=0.25
 ##               EXPERTS=3 TOP_K=2 FORCE=]
 ##   semi        train MOE_TRAINER (nnUNetTrainerV2_moe; nnUNetTrainerV2_moe_cps: cps; ROUTING=site: the site
@@ -279,7 +279,7 @@ selftrain: setup
 	$(PY) -m covidseg.selftrain $(MOE_ARGS)
 
 meanteacher: setup
-	$(PY) -m covidseg.meanteacher $(MOE_ARGS)
+	$(PY) -m covidseg.meanteacher $(MOE_ARGS) $(LAUNCH_ARGS)
 
 weights: setup
 	$(PY) -m covidseg.weights $(MOE_ARGS)

@@ -14,7 +14,7 @@ from covidseg.core.errors import main_guard
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    main_for("meanteacher", __doc__.split("\n\n")[0], argv)
+    main_for("meanteacher", __doc__.split("\n\n")[0], argv, distributed=True)
 
 
 if __name__ == "__main__":

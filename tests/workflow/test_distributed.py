@@ -1,6 +1,6 @@
-"""covidseg.runs.distributed: make baseline / semi on 2 processes through torchrun (gloo on a CPU), in the trainer's
-own folder: rank 0 alone writes, validates every case and records the world size; a 2-process MoE training killed
-with SIGKILL resumes; the launch settings and the free port."""
+"""covidseg.runs.distributed: make baseline / semi / meanteacher on 2 processes through torchrun (gloo on a CPU),
+in the trainer's own folder: rank 0 alone writes, validates every case and records the world size; a 2-process MoE
+training killed with SIGKILL resumes; the launch settings and the free port."""
 import json
 import pickle
 import socket
@@ -65,6 +65,20 @@ def test_make_semi_on_two_processes_resumes_after_a_kill(workflow, ddp_baseline)
     log = json.loads((folder / "moe_log.json").read_text())
     assert [e["epoch"] for e in log] == list(range(EPOCHS))  # written once per epoch, by one process
     assert not list(folder.glob("*.tmp"))
+
+
+def test_make_meanteacher_on_two_processes_saves_one_student_and_one_teacher(workflow, ddp_baseline):
+    folder = workflow.model("3d_fullres", "nnUNetTrainerV2_meanteacher").parent / f"fold_{DDP_FOLD}"
+    result = workflow.command("meanteacher", *model_arguments("--no-validation", *TWO), env_extra=ddp_env(workflow))
+    assert "--nproc_per_node=2" in result.stdout
+    assert saved_epoch(folder / "model_final_checkpoint.model") == 2
+    teacher = torch.load(folder / "model_final_checkpoint.model.teacher", map_location="cpu", weights_only=True)
+    student = torch.load(folder / "model_final_checkpoint.model", map_location="cpu", weights_only=False)
+    assert teacher.keys() == student["state_dict"].keys()  # the plain network's keys, no DDP "module." prefix
+    assert len(list(folder.glob("training_log_*.txt"))) == 1  # rank 0 alone writes
+    log = next(folder.glob("training_log_*.txt")).read_text()
+    assert log.count("mean teacher: consistency") == 2  # one line per epoch, means over the ranks
+    assert json.loads((folder / "settings.json").read_text())["processes"] == 2
 
 
 # ------------------------------------------------------------------ launch settings

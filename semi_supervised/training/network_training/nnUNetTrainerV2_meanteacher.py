@@ -21,7 +21,7 @@ each checkpoint (`<checkpoint>.teacher`) so that `-c` resumes it (without that f
 the student).
 """
 import os
-from typing import List, NamedTuple, Optional
+from typing import Callable, List, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -57,13 +57,15 @@ class MeanTeacherTerm(NamedTuple):
     confident_fraction: float
 
 
-def mean_teacher_term(student, teacher, weak: torch.Tensor, settings: ConsistencySettings) -> MeanTeacherTerm:
-    """The teacher's confident pseudo-labels on the weak view train the student on the strong view."""
+def mean_teacher_term(student, teacher, weak: torch.Tensor, settings: ConsistencySettings,
+                      forward: Optional[Callable] = None) -> MeanTeacherTerm:
+    """The teacher's confident pseudo-labels on the weak view train the student on the strong view. forward: what
+    runs the student (its DistributedDataParallel under DDP; the feature dropout hooks sit on `student`)."""
     with torch.no_grad():
         target = pseudo_labels(full_resolution(teacher(weak)))
     strong, mix = strong_view(weak, settings.perturbation)
     with feature_dropout(student, settings.perturbation.feature_dropout):
-        student_logits = full_resolution(student(strong))
+        student_logits = full_resolution((forward or student)(strong))
     mixed = PseudoLabels(mix.apply(target.labels), mix.apply(target.confidence))
     return MeanTeacherTerm(thresholded_cross_entropy(student_logits, mixed, settings.threshold),
                            confident_fraction([target], settings.threshold))
@@ -109,6 +111,20 @@ class nnUNetTrainerV2_meanteacher(FinetuneSettingsMixin, nnUNetTrainerV2):
             stop_generator(self.unlabeled_gen)
             self.unlabeled_gen = None
 
+    @property
+    def training_forward(self) -> Callable:
+        """What runs the student in a training iteration (the DDP variant puts its DistributedDataParallel here)."""
+        return self.network
+
+    def all_ranks_mean(self, value: Optional[float]) -> Optional[float]:
+        """A logged number's mean over the processes (one process: itself; the DDP variant reduces)."""
+        return value
+
+    def epoch_mean(self, values: List[float]) -> float:
+        """The mean of this epoch's values over every process's steps (NaN when none measured it)."""
+        mean = self.all_ranks_mean(float(np.mean(values)) if values else None)
+        return np.nan if mean is None else mean
+
     def consistency_lambda(self) -> float:
         c = self.consistency
         return consistency_weight(self.epoch, c.lambda_max, c.warmup_epochs, c.rampup_epochs)
@@ -121,10 +137,10 @@ class nnUNetTrainerV2_meanteacher(FinetuneSettingsMixin, nnUNetTrainerV2):
 
         self.optimizer.zero_grad()
         with autocast(enabled=self.fp16):
-            output = self.network(data)
+            output = self.training_forward(data)
             supervised = self.loss(output, target)
-            term = mean_teacher_term(self.network, self.teacher, unlabeled, self.consistency) \
-                if unlabeled is not None else None
+            term = mean_teacher_term(self.network, self.teacher, unlabeled, self.consistency,
+                                     forward=self.training_forward) if unlabeled is not None else None
             total = supervised + consistency_lambda * term.consistency if term else supervised
         if do_backprop:
             optimizer_step(self, total)
@@ -139,7 +155,7 @@ class nnUNetTrainerV2_meanteacher(FinetuneSettingsMixin, nnUNetTrainerV2):
 
     def on_epoch_end(self):
         if self._epoch_stats:
-            mean = {k: np.mean([s[k] for s in self._epoch_stats if s[k] is not None] or [np.nan])
+            mean = {k: self.epoch_mean([s[k] for s in self._epoch_stats if s[k] is not None])
                     for k in ("consistency", "confident_fraction", "lambda")}
             self.print_to_log_file("mean teacher: consistency %.4f, lambda %.4f, confident_fraction %.4f" %
                                    (mean["consistency"], mean["lambda"], mean["confident_fraction"]))
