@@ -27,9 +27,9 @@ def make_trainer(workflow, output, dataset_directory=None, consistency=None, **o
 
 
 def shut_down(trainer):
+    from nnunet.training.dataloading.unlabeled_loader import stop_generator
     for generator in (trainer.tr_gen, trainer.val_gen, trainer.unlabeled_gen):
-        if generator is not None and hasattr(generator, "_finish"):
-            generator._finish()
+        stop_generator(generator)
 
 
 @pytest.fixture(params=["weak_strong", "cps"])

@@ -29,7 +29,7 @@ import numpy as np
 from nnunet.inference.segmentation_export import save_segmentation_nifti_from_softmax
 from nnunet.training.data_augmentation.default_data_augmentation import get_moreDA_augmentation
 from nnunet.training.dataloading.dataset_loading import DataLoader2D, DataLoader3D, load_dataset
-from nnunet.training.dataloading.unlabeled_loader import unlabeled_cases_folder
+from nnunet.training.dataloading.unlabeled_loader import stop_generator, unlabeled_cases_folder
 from nnunet.training.network_training.nnUNetTrainerV2_finetune import nnUNetTrainerV2_finetune
 from nnunet.training.settings import SelfTrainSettings, group_from
 from nnunet.utilities.atomic_files import replace_atomically, write_pickle_atomically
@@ -112,8 +112,7 @@ class nnUNetTrainerV2_selftrain(nnUNetTrainerV2_finetune):
                                f"({len(dataset)} cases)")
 
     def rebuild_training_generator(self) -> None:
-        if hasattr(self.tr_gen, "_finish"):
-            self.tr_gen._finish()
+        stop_generator(self.tr_gen)
         loader_class = DataLoader3D if self.threeD else DataLoader2D
         extra = {"has_prev_stage": False} if self.threeD else {}
         loader = loader_class(self.dataset_tr, self.basic_generator_patch_size, self.patch_size, self.batch_size,
