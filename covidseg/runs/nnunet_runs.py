@@ -53,6 +53,13 @@ def remove_model(folder: Path) -> None:
         shutil.rmtree(folder)
 
 
+def remove_unfinished_writes(folder: Path) -> None:
+    """The *.tmp files a killed run left in its fold folder: atomic writes (patch 0007) that never got renamed, so
+    never a checkpoint; the resumed run would leave them beside its own."""
+    for stale in folder.glob("*.tmp"):
+        stale.unlink()
+
+
 def train_or_resume(configuration: str, task_id: int, task: str, trainer: str, plans: str, fold, force: bool,
                     first_start_args: List[str] = (), validate: bool = True, launch: Launch = Launch(),
                     initialised_from: Optional[Path] = None, retrain_changed: bool = False) -> Path:
@@ -78,6 +85,8 @@ def train_or_resume(configuration: str, task_id: int, task: str, trainer: str, p
             run(command + ["-val"])
     elif started and not force:
         print(f"{configuration} {trainer}: resuming the interrupted training in {folder}")
+        if launch.node_rank == 0:
+            remove_unfinished_writes(folder)
         run(command + ["-c"])
     else:
         run(command + list(first_start_args))
