@@ -96,6 +96,8 @@ EMA_DECAY ?=
 INPUT ?=
 OUTPUT ?=
 MODEL ?= moe
+# make export / make import: the model's zip file
+ZIP ?=
 # make gradcam (LAYER empty: the documented default)
 LAYER ?=
 BACKEND ?= gcam
@@ -172,7 +174,7 @@ DEMO_WARMUP_EPOCHS ?= 2
 DEMO_RAMPUP_EPOCHS ?= 5
 
 .PHONY: help setup synthetic convert preprocess baseline control selftrain meanteacher weights semi evaluate predict \
-	gradcam report \
+	gradcam report export import \
 	experiment demo test test-fast lint clean-demo
 
 help:
@@ -208,6 +210,10 @@ help:
 ##   gradcam     INPUT=<dir|file> OUTPUT=<dir> [MODEL=moe|fullres FOLD LAYER BACKEND=gcam|gcampp TTA=1 FORCE=]
 ##   report      every trained model (baselines, ensemble, control, selftrain, meanteacher, MoE variants) compared
 ##               from disk, on the test set (95% CIs, paired differences) and the validation fold: Markdown, CSV, plots [FOLD REPORT_DIR=report NSD_TOLERANCE_MM=1.0]
+##   export      ZIP=<file to write> a trained model, all its trained folds, as one zip with a manifest (sha256 of
+##               every file, nnU-Net pin and patches, workspace commit, torch version) [MODEL=moe FORCE=]
+##   import      ZIP=<file> check a model zip (unsafe paths, manifest, safe loading) and install it into
+##               RESULTS_FOLDER [FORCE= (replaces trained folds)]
 ##   experiment  DATA=<download> (or PRESET=multisite) the whole protocol per labelled fraction x seed: convert (test
 ##               set held out), preprocess, train METHODS, segment the test set; results.csv/.md and a plot
 ##               [LABELED_FRACTIONS SEEDS TEST_FRACTION=0.2 EXPERIMENT_DIR=experiment
@@ -305,6 +311,14 @@ report: setup
 	$(PY) -m covidseg.report --task $(TASK) --fold $(FOLD) --plans $(PLANS) --trainer $(TRAINER) \
 		--moe-trainer $(MOE_TRAINER) --control-trainer $(CONTROL_TRAINER) --output "$(REPORT_DIR)" \
 		--tolerance-mm $(NSD_TOLERANCE_MM)
+
+export: setup
+	@test -n "$(ZIP)" || { echo "ERROR: set ZIP=<zip file to write>" >&2; exit 1; }
+	$(PY) -m covidseg.export --zip "$(ZIP)" --model $(MODEL) $(MOE_ARGS)
+
+import: setup
+	@test -n "$(ZIP)" || { echo "ERROR: set ZIP=<zip file made by make export>" >&2; exit 1; }
+	$(PY) -m covidseg.import --zip "$(ZIP)" $(if $(FORCE),--force)
 
 experiment: setup
 	@test -n "$(DATA)$(PRESET)" || { echo "ERROR: set DATA=<folder of the COVID-19-20 download> (or a synthetic one), or PRESET=multisite" >&2; exit 1; }

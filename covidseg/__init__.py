@@ -15,6 +15,8 @@ Every top-level module is one make target, run as ``python -m covidseg.<target>`
     predict      segmentations of new CTs
     gradcam      Grad-CAM attention maps
     report       every model compared on the test set and the validation fold
+    export       a trained model as one zip with a manifest, to share
+    import       a model zip checked, loaded safely once and installed (``python -m covidseg.import``)
     experiment   the whole protocol per labelled fraction x seed
 
 The libraries they share, each importing only the ones above it in this list:
@@ -27,7 +29,8 @@ The libraries they share, each importing only the ones above it in this list:
                 tests), held_out (the test-set comparison), prediction_records (made_by.json)
     runs        the run machinery: methods (the registry of models and their folders), provenance (the
                 settings check), nnunet_runs (training, resuming, prediction), distributed (torchrun),
-                baseline_variants (the bodies of control, selftrain and meanteacher)
+                baseline_variants (the bodies of control, selftrain and meanteacher), model_files (a model's
+                files loaded safely before use), model_zip (export and import of a model)
 
 The nnU-Net-side code (network, trainers, losses, Grad-CAM) lives in ``semi_supervised/`` and is copied
 into the pinned nnU-Net, where nnU-Net's own class lookup finds it (``nnunet.*``). What the benchmarks share is

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from covidseg.core.challenge import LESION_LABEL
 from covidseg.core.errors import WorkflowError, main_guard
 from covidseg.core.workspace import add_model_arguments, task_name, trained_model_dir
+from covidseg.runs.model_files import check_trained_fold
 from covidseg.data.ct_inputs import LUNG_WINDOW, collect_inputs, ensure_writable, refuse_overwrite
 
 OUTPUT_SUFFIXES = ("_attention.nii.gz", "_segmentation.nii.gz", "_overlay.png")
@@ -79,6 +80,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     trainer_name = args.moe_trainer if args.model == "moe" else args.trainer
     folder = trained_model_dir("3d_fullres", task, trainer_name, args.plans, args.fold,
                                "make semi" if args.model == "moe" else "make baseline")
+    check_trained_fold(folder, f"{trainer_name} fold {args.fold}")
     inputs = collect_inputs(args.input)
     if not args.force:
         refuse_overwrite([c for c in inputs if any((args.output / (c + s)).exists() for s in OUTPUT_SUFFIXES)],

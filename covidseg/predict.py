@@ -21,16 +21,20 @@ from typing import List, Optional, Sequence, Tuple
 
 from covidseg.core.errors import WorkflowError, main_guard
 from covidseg.runs.methods import METHODS, Method
+from covidseg.runs.model_files import check_trained_fold
 from covidseg.runs.nnunet_runs import nnunet_predict
 from covidseg.core.workspace import add_model_arguments, run, task_name, trained_model_dir
 from covidseg.data.ct_inputs import collect_inputs, ensure_writable, refuse_overwrite
 
 def check_models(task: str, method: Method, args) -> List[Tuple[Method, Path]]:
     """(method, fold folder) of each model that segments: the method's own, or an ensemble's members; a WorkflowError
-    names the make target when one is not trained."""
+    names the make target when one is not trained, a ProblemsError every file that does not load safely."""
     parts = [METHODS[m] for m in method.members] if method.is_ensemble else [method]
-    return [(m, trained_model_dir(m.configuration, task, m.trainer_for(args), args.plans, args.fold, m.make_target))
-            for m in parts]
+    models = [(m, trained_model_dir(m.configuration, task, m.trainer_for(args), args.plans, args.fold,
+                                    m.make_target)) for m in parts]
+    for part, folder in models:
+        check_trained_fold(folder, f"the {part.name} model ({folder})")
+    return models
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

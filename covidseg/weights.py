@@ -18,6 +18,7 @@ import torch
 
 from covidseg.core.errors import WorkflowError, main_guard, translate_errors
 from covidseg.core.workspace import add_model_arguments, moe_init_file, task_name, trained_model_dir
+from covidseg.runs.model_files import check_trained_fold
 
 # expert 0 is an exact copy; without re-initialisation experts 1..E-1 are perturbed by 0.1% (see
 # moe_weight_transfer) and their softmax outputs move by far less than this
@@ -27,7 +28,9 @@ TOLERANCE = 0.05
 def initialisation_changes(init: Path, made_of: dict) -> List[str]:
     """What differs between the MoE initialisation `init` and what it would be made of now (the baseline's sha256,
     the MoE's settings, the noise). One written before these were recorded is kept, with a note."""
-    stored = torch.load(init, map_location="cpu", weights_only=True)
+    from nnunet.utilities.safe_loading import UnsafeFileError, load_checkpoint_safely
+    with translate_errors(UnsafeFileError, context="the MoE initialisation was not used"):
+        stored = load_checkpoint_safely(str(init))
     if "source_sha256" not in stored:
         print(f"NOTE: {init} was made before initialisations recorded their baseline and settings, so they cannot "
               f"be checked; FORCE=1 makes it again")
@@ -61,6 +64,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     task = task_name(args.task)
     checkpoint = trained_model_dir("3d_fullres", task, args.trainer, args.plans, args.fold,
                                    "make baseline") / "model_final_checkpoint.model"
+    check_trained_fold(checkpoint.parent, f"the baseline in {checkpoint.parent}")
     output = moe_init_file(task, args.moe_trainer, args.plans, args.fold)
     with translate_errors(ValueError, context="the MoE settings (EXPERTS, TOP_K, TRANSFER_NOISE, TRANSFER_REINIT; "
                                               "MOE_* variables)"):

@@ -75,6 +75,16 @@ class Workflow:
         RESULTS_FOLDER/nnUNet/<config>/<task>/<trainer>__<plans>/fold_F."""
         return self.root / "results" / "nnUNet" / configuration / TASK_NAME / f"{trainer}__{PLANS}" / f"fold_{FOLD}"
 
+    def copy_model(self, configuration: str, results: Path, trainer: str = TRAINER) -> Path:
+        """A copy of a trained model (its trainer folder, without predictions) under another RESULTS_FOLDER; the copy's
+        fold folder."""
+        import shutil
+        fold = self.model(configuration, trainer)
+        copy = results / fold.relative_to(self.root / "results")
+        shutil.copytree(fold.parent, copy.parent, ignore=shutil.ignore_patterns("validation_raw*", "test_predictions",
+                                                                                "external_predictions"))
+        return copy
+
     def command(self, name: str, *args: str, expect_ok: bool = True, env_extra: Optional[dict] = None
                 ) -> subprocess.CompletedProcess:
         return run_command(name, *args, env=dict(self.env, **(env_extra or {})), expect_ok=expect_ok)
@@ -109,3 +119,26 @@ def tiny_moe(dim: int, **moe):
 
 def batch(dim: int, n: int = 4, seed: int = 0) -> torch.Tensor:
     return torch.randn((n, 1) + SHAPES[dim], generator=torch.Generator().manual_seed(seed))
+
+
+# ------------------------------------------------------------------ files that run code when loaded
+
+class CodePayload:
+    """Pickles to a call of os.system that creates `marker`: what a tampered model file does when unpickled."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def write_payload_pickle(path: Path, marker: Path, inside: Optional[dict] = None) -> None:
+    """A .pkl that looks like `inside` (a dict of nnU-Net values) and runs a command when unpickled."""
+    import pickle
+    path.write_bytes(pickle.dumps(dict(inside or {}, payload=CodePayload(marker))))
+
+
+def write_payload_checkpoint(path: Path, marker: Path, inside: Optional[dict] = None) -> None:
+    """A torch checkpoint (.model) with its usual entries and a value that runs a command when unpickled."""
+    torch.save(dict(inside or {"epoch": 1, "state_dict": {}}, payload=CodePayload(marker)), path)

@@ -5,14 +5,13 @@ RESULTS_FOLDER), so everything made here is also found by the plain nnU-Net comm
 """
 import argparse
 import os
-import pickle
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from covidseg.core.errors import WorkflowError
+from covidseg.core.errors import WorkflowError, translate_errors
 
 
 def env_folder(variable: str) -> Path:
@@ -57,8 +56,9 @@ def load_plans(task: str, plans: str) -> dict:
     path = plans_file(task, plans)
     if not path.is_file():
         raise WorkflowError(f"{path} not found: run 'make preprocess' first (with the planner of PLANS={plans})")
-    with open(path, "rb") as f:
-        return pickle.load(f)
+    from nnunet.utilities.safe_loading import UnsafeFileError, load_pickle_safely
+    with translate_errors(UnsafeFileError, context="the plans were not used"):
+        return load_pickle_safely(str(path))
 
 
 def configurations(plans: dict) -> List[str]:

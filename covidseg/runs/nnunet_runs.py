@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from covidseg.runs.distributed import Launch
+from covidseg.runs.model_files import check_trained_fold
 from covidseg.core.errors import WorkflowError, translate_errors
 from covidseg.runs.provenance import SETTINGS_FILE, read_record, refuse_changed, requested_record, setting_changes
 from covidseg.core.workspace import load_plans, model_dir, run, run_in_parallel, task_name, trained_model_dir
@@ -101,6 +102,7 @@ def continue_from_baseline(args, trainer: str, launch: Launch = Launch()) -> Pat
     task = task_name(args.task)
     load_plans(task, args.plans)  # names 'make preprocess' when missing
     baseline = trained_model_dir("3d_fullres", task, args.trainer, args.plans, args.fold, "make baseline")
+    check_trained_fold(baseline, f"the baseline in {baseline}")
     checkpoint = baseline / "model_final_checkpoint.model"
     return train_or_resume("3d_fullres", args.task, task, trainer, args.plans, args.fold, args.force,
                            first_start_args=["-pretrained_weights", str(checkpoint)],
@@ -113,7 +115,10 @@ def nnunet_predict(images: Path, output: Path, task_id: int, configuration: str,
     """nnUNet_predict of every <case>_0000.nii.gz in `images` with a model's final checkpoint; cases whose
     segmentation is already in `output` are skipped (nnU-Net's own rule), so an interrupted run resumes.
     gpus: with several, the cases are split into one part per GPU (nnU-Net's --part_id / --num_parts), each
-    predicted by its own process that sees only its GPU (CUDA_VISIBLE_DEVICES)."""
+    predicted by its own process that sees only its GPU (CUDA_VISIBLE_DEVICES). The model's files are loaded
+    safely first (check_trained_fold): a tampered one is refused by name before nnUNet_predict starts."""
+    check_trained_fold(model_dir(configuration, task_name(task_id), trainer, plans, fold),
+                       f"{configuration} {trainer} fold {fold}")
     command = ["nnUNet_predict", "-i", str(images), "-o", str(output), "-t", str(task_id), "-m", configuration,
                "-tr", trainer, "-p", plans, "-f", str(fold), "-chk", "model_final_checkpoint"]
     command += (["--save_npz"] if npz else []) + ([] if tta else ["--disable_tta"])

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import List
 
 import numpy as np
-from batchgenerators.utilities.file_and_folder_operations import load_pickle
 from tqdm import tqdm
 
 import nnunet
 from nnunet.training.model_restore import recursive_find_python_class
 from nnunet.utilities.atomic_files import replace_atomically, write_pickle_atomically
+from nnunet.utilities.safe_loading import load_pickle_safely
 
 UNLABELED_SUBFOLDER = "unlabeled"
 NO_LABEL = -1
@@ -67,7 +67,7 @@ def _preprocess_job(job: tuple) -> str:
 def preprocess_unlabeled_pool(raw_task_dir: Path, preprocessed_task_dir: Path, plans_file: Path,
                               num_processes: int = 2) -> int:
     """Preprocess every image of imagesUnlabeled/ for every stage of the plans; returns the number of cases."""
-    plans = load_pickle(str(plans_file))
+    plans = load_pickle_safely(str(plans_file))
     images = unlabeled_images(raw_task_dir)
     preprocessor = make_preprocessor(plans)
     for stage, stage_plans in plans["plans_per_stage"].items():

@@ -118,8 +118,8 @@ def settings_record(trainer, initialised_from: Optional[dict] = None) -> dict:
     when it has not processed them yet)."""
     plans = trainer.plans
     if plans is None:
-        from batchgenerators.utilities.file_and_folder_operations import load_pickle
-        plans = load_pickle(trainer.plans_file)
+        from nnunet.utilities.safe_loading import load_pickle_safely
+        plans = load_pickle_safely(trainer.plans_file)
     identity = model_identity(trainer)
     stage = trainer.stage if trainer.stage is not None else len(plans["plans_per_stage"]) - 1
     return {

@@ -7,7 +7,7 @@ import pytest
 from tests.helpers import exit_status
 
 COMMANDS = ("synthetic", "convert", "preprocess", "baseline", "control", "selftrain", "meanteacher", "weights",
-            "semi", "evaluate", "predict", "gradcam", "report", "experiment")
+            "semi", "evaluate", "predict", "gradcam", "report", "export", "import", "experiment")
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -11,7 +11,7 @@ import torch
 
 from nnunet.training.network_training.network_trainer import NetworkTrainer
 from nnunet.utilities.to_torch import to_cuda
-from tests.helpers import tiny_plan
+from tests.helpers import tiny_plan, write_payload_checkpoint, write_payload_pickle
 
 
 @pytest.fixture
@@ -212,3 +212,73 @@ def test_restore_model_gives_the_settings_back_by_name(tmp_path, monkeypatch):
     del info["settings"]  # a .pkl written before settings were stored: the trainer reads its environment
     (tmp_path / "model.pkl").write_bytes(pickle.dumps(info))
     assert restore_model(str(tmp_path / "model.pkl")).initial_lr == 0.02
+
+
+# ------------------------------------------------------------------ 0011 safe loading
+
+def test_restore_model_refuses_a_pkl_that_runs_code(tmp_path):
+    from nnunet.training.model_restore import restore_model
+    marker = tmp_path / "ran"
+    pkl = tmp_path / "model_final_checkpoint.model.pkl"
+    write_payload_pickle(pkl, marker, {"init": (), "name": "nnUNetTrainerV2", "plans": {}})
+    with pytest.raises(Exception) as refused:
+        restore_model(str(pkl))
+    assert not marker.exists(), "loading the .pkl ran its command"
+    assert f"refused to load {pkl}: it asks for the global 'posix.system'" in str(refused.value)
+
+
+@pytest.mark.parametrize("name", ["os", "load_pickle", "nnUNetTrainer.__init__", 3])
+def test_restore_model_loads_only_a_trainer_class_of_nnunet_training(tmp_path, name):
+    """The .pkl names the trainer; a name that finds a module or a function under nnunet.training is refused."""
+    import pickle
+    from nnunet.training.model_restore import restore_model
+    pkl = tmp_path / "model.pkl"
+    pkl.write_bytes(pickle.dumps({"init": (), "name": name, "plans": {}}))
+    with pytest.raises(RuntimeError, match="refusing to load it"):
+        restore_model(str(pkl))
+
+
+def test_load_pretrained_weights_refuses_a_checkpoint_that_runs_code(tmp_path):
+    from nnunet.run.load_pretrained_weights import load_pretrained_weights
+    marker = tmp_path / "ran"
+    checkpoint = tmp_path / "model_final_checkpoint.model"
+    write_payload_checkpoint(checkpoint, marker, {"state_dict": tiny_cpu_unet(3).state_dict()})
+    with pytest.raises(Exception) as refused:
+        load_pretrained_weights(tiny_cpu_unet(3), str(checkpoint))
+    assert not marker.exists(), "loading the checkpoint ran its command"
+    assert f"refused to load {checkpoint}: it asks for the global 'posix.system'" in str(refused.value)
+
+
+def zip_with(path: Path, members) -> Path:
+    """A zip of (name, bytes, unix mode) members."""
+    import zipfile
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data, mode in members:
+            info = zipfile.ZipInfo(name)
+            info.create_system, info.external_attr = 3, mode << 16
+            archive.writestr(info, data)
+    return path
+
+
+MODEL_FILE = ("3d_fullres/Task001_X/nnUNetTrainerV2__nnUNetPlansv2.1/plans.pkl", b"plans", 0o100644)
+
+
+@pytest.mark.parametrize("bad, why", [
+    (("../../outside.txt", b"x", 0o100644), "a '..' path component"),
+    (("/tmp/absolute.txt", b"x", 0o100644), "an absolute path"),
+    (("3d_fullres/link", b"/etc/passwd", 0o120777), "a symlink"),
+    (("3d_fullres/fifo", b"", 0o010644), "not a regular file"),
+], ids=["dotdot", "absolute", "symlink", "fifo"])
+def test_nnunet_installs_a_model_zip_only_when_every_member_is_safe(tmp_path, monkeypatch, bad, why):
+    """nnUNet_install_pretrained_model_from_zip called `unzip -o`, which restores symlinks; now every member is
+    checked first and with one unsafe member nothing is extracted."""
+    from nnunet.inference.pretrained_models import download_pretrained_model
+    results = tmp_path / "results" / "nnUNet"
+    monkeypatch.setattr(download_pretrained_model, "network_training_output_dir", str(results))
+    unsafe = zip_with(tmp_path / "model.zip", [MODEL_FILE, bad])
+    with pytest.raises(ValueError, match=f"refused to extract {unsafe}, nothing was extracted:\n  - .*: {why}"):
+        download_pretrained_model.install_model_from_zip_file(str(unsafe))
+    assert not results.exists() and not (tmp_path / "outside.txt").exists()
+    safe = zip_with(tmp_path / "safe.zip", [MODEL_FILE])
+    download_pretrained_model.install_model_from_zip_file(str(safe))
+    assert (results / MODEL_FILE[0]).read_bytes() == b"plans"

@@ -38,6 +38,7 @@ from nnunet.training.network_training.semi_supervised_steps import next_batches,
 from nnunet.training.settings import EMASettings, group_from
 from nnunet.utilities.atomic_files import torch_save_atomically
 from nnunet.utilities.ema import ema_copy, ema_update
+from nnunet.utilities.safe_loading import load_checkpoint_safely
 
 EMA_DECAY_ENVIRONMENT = EMASettings.ENVIRONMENT["decay"].name
 DEFAULT_EMA_DECAY = EMASettings().decay
@@ -172,4 +173,4 @@ class nnUNetTrainerV2_meanteacher(FinetuneSettingsMixin, nnUNetTrainerV2):
         super().load_checkpoint(fname, train)
         if train and os.path.isfile(fname + ".teacher"):
             self.teacher = ema_copy(self.network)
-            self.teacher.load_state_dict(torch.load(fname + ".teacher", map_location="cpu", weights_only=True))
+            self.teacher.load_state_dict(load_checkpoint_safely(fname + ".teacher"))

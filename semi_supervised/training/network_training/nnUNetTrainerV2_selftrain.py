@@ -21,7 +21,6 @@ the prediction of the pool once per round.
 """
 import json
 import os
-import pickle
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -33,6 +32,7 @@ from nnunet.training.dataloading.unlabeled_loader import stop_generator, unlabel
 from nnunet.training.network_training.nnUNetTrainerV2_finetune import nnUNetTrainerV2_finetune
 from nnunet.training.settings import SelfTrainSettings, group_from
 from nnunet.utilities.atomic_files import replace_atomically, write_pickle_atomically
+from nnunet.utilities.safe_loading import load_pickle_safely
 
 UNCERTAIN_LESION_PROBABILITY = 0.05
 CLASS_LOCATION_SAMPLES = 10000  # as nnU-Net's preprocessing, for its foreground oversampling
@@ -164,8 +164,7 @@ class nnUNetTrainerV2_selftrain(nnUNetTrainerV2_finetune):
 
     def pseudo_label_case(self, case: str, entry: dict, folder: str) -> dict:
         data = np.load(entry["data_file"])["data"][:-1]  # the pool's last channel is its 'no label' placeholder
-        with open(entry["properties_file"], "rb") as f:
-            properties = pickle.load(f)
+        properties = load_pickle_safely(entry["properties_file"])
         seg, softmax = self.predict_preprocessed_data_return_seg_and_softmax(
             data, do_mirroring=False, mirror_axes=self.data_aug_params['mirror_axes'],
             use_sliding_window=True, step_size=0.5, use_gaussian=True, all_in_gpu=False,
