@@ -8,6 +8,7 @@
 """
 import argparse
 import os
+import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -59,8 +60,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     task_dir = args.output_base / f"Task{args.task_id:03d}_{args.task_name}"
     if task_dir.exists() and not args.force:
         raise WorkflowError(f"{task_dir} exists; pass --force (make: FORCE=1) to replace it")
-    download = conversion.validate(args.download, args.extra_unlabeled, args.labeled_site, args.labeled_site_share)
-    conversion.write_task(download, task_dir, args.labeled_fraction, args.seed, args.force, args.test_fraction)
+    with tempfile.TemporaryDirectory(prefix="covidseg-extra-") as staging:  # EXTRA_UNLABELED's DICOM as NIfTI
+        download = conversion.validate(args.download, args.extra_unlabeled, args.labeled_site,
+                                       args.labeled_site_share, staging=Path(staging))
+        conversion.write_task(download, task_dir, args.labeled_fraction, args.seed, args.force, args.test_fraction)
 
 
 if __name__ == "__main__":

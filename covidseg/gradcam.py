@@ -1,6 +1,7 @@
 """`make gradcam`: Grad-CAM attention maps for the lesion class, in each input CT's geometry.
 
-For every CT in INPUT writes into OUTPUT:
+For every CT in INPUT (NIfTI files and DICOM series at any depth, checked as predict's inputs are:
+covidseg.data.ct_inputs; a DICOM series in the grid of SimpleITK's series reader) writes into OUTPUT:
     <case>_attention.nii.gz     the map, float in [0, 1], exactly the CT's size, spacing, origin and direction
     <case>_segmentation.nii.gz  the model's segmentation of the same case (same geometry)
     <case>_overlay.png          axial slices through the strongest attention and the largest predicted lesion:
@@ -10,6 +11,7 @@ See nnunet/inference/attention_maps.py (semi_supervised/inference/) for how the 
 """
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -69,10 +71,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args(argv)
 
-    from nnunet.inference.attention_maps import (BACKENDS, check_layer, default_layer, load_trainer,
-                                                 predict_attention, predict_softmax, to_original_grid,
-                                                 write_like_input)
-    from nnunet.inference.segmentation_export import save_segmentation_nifti_from_softmax
+    from nnunet.inference.attention_maps import BACKENDS
 
     if args.backend not in BACKENDS:
         raise WorkflowError(f"unknown BACKEND '{args.backend}'; choose one of {', '.join(BACKENDS)}")
@@ -81,11 +80,20 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     folder = trained_model_dir("3d_fullres", task, trainer_name, args.plans, args.fold,
                                "make semi" if args.model == "moe" else "make baseline")
     check_trained_fold(folder, f"{trainer_name} fold {args.fold}")
-    inputs = collect_inputs(args.input)
-    if not args.force:
-        refuse_overwrite([c for c in inputs if any((args.output / (c + s)).exists() for s in OUTPUT_SUFFIXES)],
-                         args.output)
-    ensure_writable(args.output)
+    with tempfile.TemporaryDirectory(prefix="covidseg-inputs-") as staging:  # DICOM series as NIfTI
+        inputs = collect_inputs(args.input, Path(staging))
+        if not args.force:
+            refuse_overwrite([c for c in inputs if any((args.output / (c + s)).exists() for s in OUTPUT_SUFFIXES)],
+                             args.output)
+        ensure_writable(args.output)
+        write_maps(inputs, folder, trainer_name, args)
+
+
+def write_maps(inputs, folder: Path, trainer_name: str, args) -> None:
+    """Grad-CAM map, segmentation and overlay of every input into OUTPUT."""
+    from nnunet.inference.attention_maps import (check_layer, default_layer, load_trainer, predict_attention,
+                                                 predict_softmax, to_original_grid, write_like_input)
+    from nnunet.inference.segmentation_export import save_segmentation_nifti_from_softmax
 
     trainer = load_trainer(str(folder.parent), args.fold)
     layer = args.layer or default_layer(trainer.network)

@@ -1,7 +1,9 @@
 """`make predict`: segment new CTs with a trained model; outputs keep each input's geometry.
 
-INPUT is a folder of CT .nii.gz / .nii files or one file, every one read in full before anything runs
-(covidseg.data.ct_inputs: any other entry is refused by name, all problems listed, nothing written). Names
+INPUT is one CT .nii.gz / .nii file, or a folder of them and of DICOM series at any depth (each CT series one
+case, written as NIfTI with the geometry of SimpleITK's series reader), every one read in full before anything runs
+(covidseg.data.ct_inputs, covidseg.data.dicom_series: any other entry is refused by name, all problems listed,
+nothing written). Names
 need not follow nnU-Net's <case>_0000.nii.gz convention: the inputs are linked into a temporary folder under
 that name, and each segmentation is written as <case>.nii.gz, where <case> is the input's case id
 (covidseg.core.challenge.case_id: the name without .nii.gz / .nii, nnU-Net's _0000 and the challenge's _ct).
@@ -17,7 +19,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from covidseg.core.errors import WorkflowError, main_guard
 from covidseg.runs.methods import METHODS, Method
@@ -52,11 +54,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     task = task_name(args.task)
     method = METHODS[args.model]
     models = check_models(task, method, args)
-    inputs = collect_inputs(args.input)
-    if not args.force:
-        refuse_overwrite([c for c in inputs if (args.output / f"{c}.nii.gz").exists()], args.output)
-    ensure_writable(args.output)
+    with tempfile.TemporaryDirectory(prefix="covidseg-inputs-") as staging:  # DICOM series as NIfTI
+        inputs = collect_inputs(args.input, Path(staging))
+        if not args.force:
+            refuse_overwrite([c for c in inputs if (args.output / f"{c}.nii.gz").exists()], args.output)
+        ensure_writable(args.output)
+        segment(inputs, models, method, args)
 
+
+def segment(inputs: Dict[str, Path], models: List[Tuple[Method, Path]], method: Method, args) -> None:
+    """Each input's segmentation by the model (an ensemble: its members' averaged softmax) into OUTPUT."""
     with tempfile.TemporaryDirectory(prefix="predict-", dir=args.output) as tmp:
         staged = Path(tmp) / "input"
         staged.mkdir()

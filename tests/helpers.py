@@ -142,3 +142,48 @@ def write_payload_pickle(path: Path, marker: Path, inside: Optional[dict] = None
 def write_payload_checkpoint(path: Path, marker: Path, inside: Optional[dict] = None) -> None:
     """A torch checkpoint (.model) with its usual entries and a value that runs a command when unpickled."""
     torch.save(dict(inside or {"epoch": 1, "state_dict": {}}, payload=CodePayload(marker)), path)
+
+
+# ------------------------------------------------------------------ DICOM series, as scanners export them
+
+def write_dicom_series(folder: Path, image, series_uid: str, series_number: int = 2, modality: str = "CT",
+                       image_type: str = "ORIGINAL\\PRIMARY\\AXIAL", extra_tags: Optional[dict] = None,
+                       prefix: str = "IM") -> list:
+    """One DICOM file per slice of a SimpleITK int16 image (its spacing, origin and direction in the headers),
+    written by SimpleITK as in its DicomSeriesFromArray example; the files, in slice order."""
+    import SimpleITK as sitk
+    folder.mkdir(parents=True, exist_ok=True)
+    direction = image.GetDirection()
+    orientation = "\\".join(f"{v:.6f}" for v in (direction[0], direction[3], direction[6],
+                                                   direction[1], direction[4], direction[7]))
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    files = []
+    for z in range(image.GetDepth()):
+        piece = image[:, :, z]
+        tags = {"0008|0060": modality, "0008|0008": image_type, "0020|000d": series_uid.rsplit(".", 1)[0] + ".1",
+                "0020|000e": series_uid, "0020|0011": str(series_number), "0010|0020": "PATIENT1",
+                "0020|0037": orientation, "0018|0050": str(image.GetSpacing()[2]), "0020|0013": str(z + 1),
+                "0008|0018": f"{series_uid}.{z + 1}",
+                "0020|0032": "\\".join(f"{v:.4f}" for v in image.TransformIndexToPhysicalPoint((0, 0, z)))}
+        tags.update(extra_tags or {})
+        for tag, value in tags.items():
+            piece.SetMetaData(tag, value)
+        path = folder / f"{prefix}{z + 1:04d}.dcm"
+        writer.SetFileName(str(path))
+        writer.Execute(piece)
+        files.append(path)
+    return files
+
+
+def ct_volume(shape=(12, 24, 20), spacing=(0.8, 0.7, 2.5), origin=(-10.0, 20.0, -300.0),
+              direction=(1, 0, 0, 0, -1, 0, 0, 0, 1), seed: int = 0):
+    """A small int16 CT-like SimpleITK image (z, y, x shape) with non-trivial geometry."""
+    import numpy as np
+    import SimpleITK as sitk
+    voxels = np.random.default_rng(seed).integers(-1000, 400, size=shape).astype(np.int16)
+    image = sitk.GetImageFromArray(voxels)
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    image.SetDirection(direction)
+    return image

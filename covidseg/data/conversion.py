@@ -43,7 +43,7 @@ from covidseg.core.challenge import (SITES_FILE, FILENAME_COLUMN, LABELS, LESION
                                      TRAIN_SHEET, VALIDATION_FOLDER, VALIDATION_SHEET, WORKBOOK_NAME, case_id,
                                      ct_file, seg_file)
 from covidseg.core.errors import ProblemsError, WorkflowError
-from covidseg.data.image_checks import check_image, is_nifti, parallel_map
+from covidseg.data.image_checks import check_image, parallel_map
 
 GEOMETRY_TOLERANCE = 1e-4  # relative, for spacing, origin and direction
 
@@ -60,6 +60,7 @@ class Download:
     train: List[str]
     validation: List[str]
     extra_unlabeled: Dict[str, Path] = field(default_factory=dict)  # case id -> file
+    extra_origins: Dict[str, str] = field(default_factory=dict)  # case id -> its source (a DICOM series' folder)
     root: Optional[Path] = None
     site_bias: Optional["SiteBias"] = None
     sites: Dict[str, str] = field(default_factory=dict)  # case id -> site, from the site table when there is one
@@ -151,41 +152,41 @@ def image_problems(download: Download, name: str) -> List[str]:
     return problems
 
 
-def collect_extra_unlabeled(folder: Path, problems: List[str]) -> Dict[str, Path]:
+def collect_extra_unlabeled(folder: Path, problems: List[str], staging: Optional[Path],
+                            origins: Dict[str, str]) -> Dict[str, Path]:
+    """EXTRA_UNLABELED: NIfTI files and DICOM series at any depth, checked as predict's inputs are
+    (covidseg.data.ct_inputs; each DICOM CT series written as NIfTI into `staging`). `origins` gets each case's
+    source (the file, or the series and its folder) for split.json."""
+    from covidseg.data.ct_inputs import collect_inputs
     if not folder.is_dir():
         problems.append(f"--extra-unlabeled {folder}: not a folder")
         return {}
-    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
-    files = [p for p in entries if p.is_file() and is_nifti(p)]
-    for other in (p for p in entries if p not in files):
-        problems.append(f"--extra-unlabeled {other}: not a NIfTI file (.nii.gz / .nii); other formats and "
-                        f"sub-folders are not read, convert them to NIfTI first")
-    if not files:
-        problems.append(f"--extra-unlabeled {folder}: holds no .nii.gz / .nii files")
-    cases = {}
-    for f in files:
-        name = case_id(f)
-        if name in cases:
-            problems.append(f"{name}: two extra unlabelled files give this case id ({cases[name].name}, {f.name})")
-        cases[name] = f
-    return cases
+    try:
+        return collect_inputs(folder, staging, origins)
+    except ProblemsError as e:
+        problems.extend(f"--extra-unlabeled {p}" for p in e.problems)
+    except WorkflowError as e:
+        problems.append(f"--extra-unlabeled: {e}")
+    return {}
 
 
 def validate(root: Path, extra_unlabeled: Optional[Path], labeled_site: Optional[str] = None,
-             labeled_site_share: float = 0.8) -> Download:
-    """Check the whole input; raise ConversionError listing every problem found."""
+             labeled_site_share: float = 0.8, staging: Optional[Path] = None) -> Download:
+    """Check the whole input; raise ConversionError listing every problem found. staging: where EXTRA_UNLABELED's
+    DICOM series are written as NIfTI (it must outlive write_task)."""
     problems: List[str] = []
     if not root.is_dir():
         raise ConversionError([f"{root}: download folder not found"])
     sheets = read_workbook(root, problems)
     train, validation = sheets.get(TRAIN_SHEET, []), sheets.get(VALIDATION_SHEET, [])
-    extra = collect_extra_unlabeled(extra_unlabeled, problems) if extra_unlabeled else {}
+    origins: Dict[str, str] = {}
+    extra = collect_extra_unlabeled(extra_unlabeled, problems, staging, origins) if extra_unlabeled else {}
     for name in find_duplicates(train + validation + list(extra)):
         problems.append(f"{name}: listed more than once (train, validation and extra unlabelled names must be unique)")
     if sheets and not train:
         problems.append(f"{root / WORKBOOK_NAME}: sheet '{TRAIN_SHEET}' lists no case")
     download = Download(train=list(dict.fromkeys(train)), validation=list(dict.fromkeys(validation)),
-                        extra_unlabeled=extra, root=root)
+                        extra_unlabeled=extra, extra_origins=origins, root=root)
     if labeled_site is not None:
         download.site_bias = read_site_bias(root, labeled_site, labeled_site_share, download.train, problems)
         download.sites = download.site_bias.sites if download.site_bias else {}
@@ -349,7 +350,7 @@ def write_task(download: Download, task_dir: Path, labeled_fraction: float, seed
         (tmp / "split.json").write_text(json.dumps({
             "labeled_fraction": labeled_fraction, "test_fraction": test_fraction, "seed": seed,
             "test": split.test, "labeled": labeled, "unlabeled_from_train": held_back,
-            "extra_unlabeled": {n: str(download.extra_unlabeled[n]) for n in extra},
+            "extra_unlabeled": {n: download.extra_origins.get(n, str(download.extra_unlabeled[n])) for n in extra},
             "validation": download.validation, **site_record(download)}, indent=2))
         os.chmod(tmp, 0o755)
         if task_dir.exists():

@@ -240,8 +240,22 @@ def test_extra_unlabeled_files_of_other_formats_are_refused_by_name(synthetic_do
     (extra / ".DS_Store").write_bytes(b"x")
     assert convert(synthetic_download, tmp_path / "out", "--extra-unlabeled", str(extra)) == 1
     err = capsys.readouterr().err
-    assert "2 problem(s)" in err and "study_0256.mha: not a NIfTI file" in err and "dicom: not a NIfTI" in err
+    assert "2 problem(s)" in err and "study_0256.mha: neither a NIfTI file (.nii.gz / .nii) nor DICOM" in err
+    assert "dicom: an empty folder" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_extra_unlabeled_dicom_series_join_the_pool_with_their_origin(synthetic_download, tmp_path):
+    from tests.helpers import ct_volume, write_dicom_series
+    extra = tmp_path / "hospital"
+    write_dicom_series(extra / "patient7" / "CT_thorax", ct_volume(), "1.2.826.0.1.3680043.8.498.55")
+    out = tmp_path / "out"
+    assert convert(synthetic_download, out, "--labeled-fraction", "1.0", "--extra-unlabeled", str(extra)) == 0
+    image = sitk.ReadImage(str(task_dir(out) / "imagesUnlabeled" / "patient7_CT_thorax_0000.nii.gz"))
+    assert image.GetSize() == (20, 24, 12) and np.allclose(image.GetSpacing(), (0.8, 0.7, 2.5))
+    split = json.loads((task_dir(out) / "split.json").read_text())
+    assert split["extra_unlabeled"] == {"patient7_CT_thorax": f"DICOM series 1.2.826.0.1.3680043.8.498.55 in "
+                                                             f"{extra / 'patient7' / 'CT_thorax'}"}
 
 
 def test_existing_task_is_kept_unless_forced(synthetic_download, tmp_path, capsys):

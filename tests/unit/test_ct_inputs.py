@@ -59,7 +59,7 @@ def test_other_formats_and_folders_are_refused_by_name(tmp_path):
     sitk.WriteImage(sitk.ReadImage(str(tmp_path / "ct.nii.gz")), str(tmp_path / "other.mha"))
     (tmp_path / "dicom_series").mkdir()
     problems = problems_of(tmp_path)
-    assert "other.mha: not a NIfTI file" in problems and "dicom_series: a folder" in problems
+    assert "other.mha: neither a NIfTI file" in problems and "dicom_series: an empty folder" in problems
 
 
 @pytest.mark.parametrize("shape", [(16, 16), (2, 6, 16, 16)])
