@@ -26,6 +26,8 @@ export RESULTS_FOLDER ?= $(CURDIR)/data/nnUNet_trained_models
 
 # ---------------------------------------------------------------- workflow settings
 DATA ?=
+# the download's layout: auto (recognised by its files), covid19_20 or mosmed (MosMed-1110)
+SOURCE ?= auto
 # make synthetic (DATA: the folder to write)
 CASES ?= 20
 VALIDATION_CASES ?= 4
@@ -184,8 +186,8 @@ help:
 ##   setup       venv [VENV=.venv], the covidseg package, nnUNet/ (submodule or PyPI sdist), patches, overlay
 ##   synthetic   DATA=<folder to write> a synthetic download in the challenge's layout [CASES=20 VALIDATION_CASES=4
 ##               SYNTHETIC_SEED=0 SYNTHETIC_XY="96 128" SYNTHETIC_Z="28 40" SITES=1 FORCE=]
-##   convert     DATA=<COVID-19-20 download> [TASK=200 TASK_NAME LABELED_FRACTION=0.5 TEST_FRACTION=0 SEED=0
-##               EXTRA_UNLABELED= LABELED_SITE= LABELED_SITE_SHARE=0.8 FORCE=]
+##   convert     DATA=<COVID-19-20 or MosMed-1110 download> [SOURCE=auto TASK=200 TASK_NAME LABELED_FRACTION=0.5
+##               TEST_FRACTION=0 SEED=0 EXTRA_UNLABELED= LABELED_SITE= LABELED_SITE_SHARE=0.8 FORCE=]
 ##   preprocess  nnUNet_plan_and_preprocess [TASK PLANNER3D TL=8 TF=8 FORCE=]
 ##   baseline    3d_fullres + 3d_lowres (--npz), nnUNet_ensemble, Dice table [FOLD=4 TRAINER PLANS EPOCHS ITERS VAL_ITERS
 ##               SAVE_EVERY=5 NPROC_DA NPROC_PER_NODE=1 NNODES=1 NODE_RANK=0 MASTER_ADDR MASTER_PORT];
@@ -261,8 +263,8 @@ synthetic: setup
 		--seed $(SYNTHETIC_SEED) --xy $(SYNTHETIC_XY) --z $(SYNTHETIC_Z) --sites $(SITES) $(if $(FORCE),--force)
 
 convert: setup
-	@test -n "$(DATA)" || { echo "ERROR: set DATA=<folder of the COVID-19-20 download> (or run 'make demo')" >&2; exit 1; }
-	$(PY) -m covidseg.convert "$(DATA)" --task-id $(TASK) --task-name $(TASK_NAME) \
+	@test -n "$(DATA)" || { echo "ERROR: set DATA=<folder of the COVID-19-20 or MosMed-1110 download> (or run 'make demo')" >&2; exit 1; }
+	$(PY) -m covidseg.convert "$(DATA)" --source $(SOURCE) --task-id $(TASK) --task-name $(TASK_NAME) \
 		--labeled-fraction $(LABELED_FRACTION) --test-fraction $(TEST_FRACTION) --seed $(SEED) \
 		$(if $(EXTRA_UNLABELED),--extra-unlabeled "$(EXTRA_UNLABELED)") \
 		$(if $(LABELED_SITE),--labeled-site "$(LABELED_SITE)" --labeled-site-share $(LABELED_SITE_SHARE)) $(if $(FORCE),--force)

@@ -1,6 +1,8 @@
-"""`make convert`: the COVID-19-20 download -> an nnU-Net v1 raw task (see covidseg.data.conversion).
+"""`make convert`: the COVID-19-20 or MosMed-1110 download -> an nnU-Net v1 raw task (covidseg.data.conversion,
+covidseg.data.mosmed).
 
-    python -m covidseg.convert <download> [--task-id 200] [--labeled-fraction 0.5] [--test-fraction 0]
+    python -m covidseg.convert <download> [--source auto|covid19_20|mosmed] [--task-id 200]
+                               [--labeled-fraction 0.5] [--test-fraction 0]
                                [--seed 0] [--extra-unlabeled <folder>]
                                [--labeled-site S [--labeled-site-share 0.8]] [--force]
 
@@ -24,7 +26,10 @@ def default_output_base() -> Optional[Path]:
 def parse_arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=conversion.__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=conversion.__doc__)
-    parser.add_argument("download", type=Path, help="the unpacked COVID-19-20 download folder")
+    parser.add_argument("download", type=Path, help="the unpacked COVID-19-20 or MosMed-1110 download folder")
+    parser.add_argument("--source", choices=("auto",) + tuple(conversion.SOURCES), default="auto",
+                        help="the download's layout; auto: recognised by its files (COVID-19-20's workbook, "
+                             "MosMed's dataset_registry.xlsx)")
     parser.add_argument("--output-base", type=Path, default=default_output_base(),
                         help="nnU-Net's raw data folder (default: $nnUNet_raw_data_base/nnUNet_raw_data)")
     parser.add_argument("--task-id", type=int, default=200)
@@ -62,7 +67,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         raise WorkflowError(f"{task_dir} exists; pass --force (make: FORCE=1) to replace it")
     with tempfile.TemporaryDirectory(prefix="covidseg-extra-") as staging:  # EXTRA_UNLABELED's DICOM as NIfTI
         download = conversion.validate(args.download, args.extra_unlabeled, args.labeled_site,
-                                       args.labeled_site_share, staging=Path(staging))
+                                       args.labeled_site_share, staging=Path(staging), source=args.source)
         conversion.write_task(download, task_dir, args.labeled_fraction, args.seed, args.force, args.test_fraction)
 
 

@@ -43,6 +43,7 @@ from covidseg.core.challenge import (SITES_FILE, FILENAME_COLUMN, LABELS, LESION
                                      TRAIN_SHEET, VALIDATION_FOLDER, VALIDATION_SHEET, WORKBOOK_NAME, case_id,
                                      ct_file, seg_file)
 from covidseg.core.errors import ProblemsError, WorkflowError
+from covidseg.data import mosmed
 from covidseg.data.image_checks import check_image, parallel_map
 
 GEOMETRY_TOLERANCE = 1e-4  # relative, for spacing, origin and direction
@@ -64,14 +65,39 @@ class Download:
     root: Optional[Path] = None
     site_bias: Optional["SiteBias"] = None
     sites: Dict[str, str] = field(default_factory=dict)  # case id -> site, from the site table when there is one
+    source: str = "covid19_20"                            # a key of SOURCES
+    images: Dict[str, Path] = field(default_factory=dict)  # case id -> CT, where the layout does not say (MosMed)
+    masks: Dict[str, Path] = field(default_factory=dict)   # case id -> mask, likewise
 
     def ct(self, name: str) -> Path:
         if name in self.extra_unlabeled:
             return self.extra_unlabeled[name]
+        if name in self.images:
+            return self.images[name]
         return ct_file(self.root, TRAIN_FOLDER if name in self.train else VALIDATION_FOLDER, name)
 
     def seg(self, name: str) -> Path:
-        return seg_file(self.root, name)
+        return self.masks[name] if name in self.masks else seg_file(self.root, name)
+
+
+SOURCES = {"covid19_20": "COVID-19-20 lung lesion segmentation (grand-challenge.org COVID-19-20)",
+           "mosmed": mosmed.DESCRIPTION}
+
+
+def detect_source(root: Path, source: str = "auto") -> str:
+    """The download's layout, recognised by its files (source 'auto'), or the one named."""
+    if source != "auto":
+        if source not in SOURCES:
+            raise WorkflowError(f"unknown SOURCE '{source}'; known: auto, {', '.join(SOURCES)}")
+        return source
+    if (root / WORKBOOK_NAME).is_file() or (root / TRAIN_FOLDER).is_dir():  # a Train/ without workbook: named as such
+        return "covid19_20"
+    if mosmed.is_mosmed(root):
+        return "mosmed"
+    raise ConversionError([f"{root}: not a download this workspace knows; looked for {root / WORKBOOK_NAME} "
+                           f"(COVID-19-20: with Train/ and Validation/) and {root / mosmed.REGISTRY} (MosMed-1110: "
+                           f"with studies/ and masks/, or their flattened copies). SOURCE=covid19_20|mosmed "
+                           f"(--source) names the layout"])
 
 
 def read_workbook(root: Path, problems: List[str]) -> Dict[str, List[str]]:
@@ -171,23 +197,40 @@ def collect_extra_unlabeled(folder: Path, problems: List[str], staging: Optional
 
 
 def validate(root: Path, extra_unlabeled: Optional[Path], labeled_site: Optional[str] = None,
-             labeled_site_share: float = 0.8, staging: Optional[Path] = None) -> Download:
+             labeled_site_share: float = 0.8, staging: Optional[Path] = None, source: str = "auto") -> Download:
     """Check the whole input; raise ConversionError listing every problem found. staging: where EXTRA_UNLABELED's
     DICOM series are written as NIfTI (it must outlive write_task)."""
     problems: List[str] = []
     if not root.is_dir():
         raise ConversionError([f"{root}: download folder not found"])
-    sheets = read_workbook(root, problems)
-    train, validation = sheets.get(TRAIN_SHEET, []), sheets.get(VALIDATION_SHEET, [])
+    source = detect_source(root, source)
     origins: Dict[str, str] = {}
     extra = collect_extra_unlabeled(extra_unlabeled, problems, staging, origins) if extra_unlabeled else {}
+    images, masks, categories = {}, {}, {}
+    if source == "mosmed":
+        studies = mosmed.read_studies(root, problems)
+        train, validation, categories = sorted(studies.masked), [], studies.category
+        images = {case: files[0] for case, files in studies.masked.items()}
+        masks = {case: files[1] for case, files in studies.masked.items()}
+        for name in find_duplicates(list(studies.unmasked) + list(extra)):
+            problems.append(f"{name}: an EXTRA_UNLABELED case has the name of a study of {root}")
+        extra = dict(studies.unmasked, **extra)
+    else:
+        sheets = read_workbook(root, problems)
+        train, validation = sheets.get(TRAIN_SHEET, []), sheets.get(VALIDATION_SHEET, [])
+        if sheets and not train:
+            problems.append(f"{root / WORKBOOK_NAME}: sheet '{TRAIN_SHEET}' lists no case")
     for name in find_duplicates(train + validation + list(extra)):
         problems.append(f"{name}: listed more than once (train, validation and extra unlabelled names must be unique)")
-    if sheets and not train:
-        problems.append(f"{root / WORKBOOK_NAME}: sheet '{TRAIN_SHEET}' lists no case")
     download = Download(train=list(dict.fromkeys(train)), validation=list(dict.fromkeys(validation)),
-                        extra_unlabeled=extra, extra_origins=origins, root=root)
-    if labeled_site is not None:
+                        extra_unlabeled=extra, extra_origins=origins, root=root, source=source, images=images,
+                        masks=masks)
+    if categories:  # MosMed: the category is the site
+        download.sites = categories
+        if labeled_site is not None:
+            download.site_bias = site_bias_from(categories, labeled_site, labeled_site_share, download.train,
+                                                f"the categories of {root / mosmed.REGISTRY}", problems)
+    elif labeled_site is not None:
         download.site_bias = read_site_bias(root, labeled_site, labeled_site_share, download.train, problems)
         download.sites = download.site_bias.sites if download.site_bias else {}
     elif (root / SITES_FILE).is_file():
@@ -241,11 +284,17 @@ def read_site_bias(root: Path, site: str, share: float, train: List[str], proble
     sites = read_site_table(path, problems)
     if sites is None:
         return None
+    return site_bias_from(sites, site, share, train, str(path), problems)
+
+
+def site_bias_from(sites: Dict[str, str], site: str, share: float, train: List[str], where: str,
+                   problems: List[str]) -> SiteBias:
     unlisted = [n for n in train if n not in sites]
     if unlisted:
-        problems.append(f"{path}: {len(unlisted)} train case(s) have no site, e.g. {', '.join(unlisted[:3])}")
+        problems.append(f"{where}: {len(unlisted)} train case(s) have no site, e.g. {', '.join(unlisted[:3])}")
     if site not in {sites.get(n) for n in train}:
-        problems.append(f"{path}: no train case from site '{site}' (sites: {', '.join(sorted(set(sites.values())))})")
+        problems.append(f"{where}: no labelled case from site '{site}' (sites: "
+                        f"{', '.join(sorted(set(sites.values())))})")
     if not 0 < share <= 1:
         problems.append(f"--labeled-site-share {share}: expected a fraction in (0, 1]")
     return SiteBias(site, share, sites)
@@ -291,11 +340,12 @@ def split_train_cases(train: List[str], labeled_fraction: float, seed: int, test
     return Split(sorted(order[:n_test]), sorted(rest[:n_labeled]), sorted(rest[n_labeled:]))
 
 
-def dataset_json(task_name: str, split: Split, unlabeled: List[str], validation: List[str]) -> dict:
+def dataset_json(task_name: str, split: Split, unlabeled: List[str], validation: List[str],
+                 source: str = "covid19_20") -> dict:
     """nnU-Net's dataset.json; `unlabeled`: the split's unlabelled cases and any extra unlabelled scans."""
     return {
         "name": task_name,
-        "description": "COVID-19-20 lung lesion segmentation (grand-challenge.org COVID-19-20)",
+        "description": SOURCES[source],
         "reference": "https://covid-segmentation.grand-challenge.org",
         "licence": "see the challenge's data terms",
         "release": "1.0",
@@ -317,7 +367,8 @@ def site_record(download: Download) -> dict:
     """split.json's record of each case's site (when the download has a site table: the MoE's routing diagnostics
     and the per-site results read it) and of the site bias (when one is used)."""
     bias = download.site_bias
-    sites = {n: download.sites[n] for n in download.train + download.validation if n in download.sites}
+    cases = download.train + download.validation + sorted(download.extra_unlabeled)
+    sites = {n: download.sites[n] for n in cases if n in download.sites}
     record = {"sites": sites} if sites else {}
     if bias is not None:
         record.update({"labeled_site": bias.site, "labeled_site_share": bias.share})
@@ -346,12 +397,17 @@ def write_task(download: Download, task_dir: Path, labeled_fraction: float, seed
             shutil.copyfile(src, dst_tmp)
             os.replace(dst_tmp, dst)
         (tmp / "dataset.json").write_text(json.dumps(
-            dataset_json(task_dir.name, split, held_back + extra, download.validation), indent=2))
+            dataset_json(task_dir.name, split, held_back + extra, download.validation, download.source), indent=2))
+        record = site_record(download)
+        if record.get("sites"):  # the sites (MosMed: the categories) as a table too
+            pd.DataFrame({"case": list(record["sites"]), "site": list(record["sites"].values())}).to_csv(
+                tmp / SITES_FILE, index=False)
         (tmp / "split.json").write_text(json.dumps({
-            "labeled_fraction": labeled_fraction, "test_fraction": test_fraction, "seed": seed,
+            "source": download.source, "labeled_fraction": labeled_fraction, "test_fraction": test_fraction,
+            "seed": seed,
             "test": split.test, "labeled": labeled, "unlabeled_from_train": held_back,
             "extra_unlabeled": {n: download.extra_origins.get(n, str(download.extra_unlabeled[n])) for n in extra},
-            "validation": download.validation, **site_record(download)}, indent=2))
+            "validation": download.validation, **record}, indent=2))
         os.chmod(tmp, 0o755)
         if task_dir.exists():
             if not force:

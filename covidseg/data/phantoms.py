@@ -213,3 +213,36 @@ def write_download(out: Path, n_train: int, n_validation: int, seed: int,
             pd.DataFrame({FILENAME_COLUMN: [f"{n}{CT_SUFFIX}.nii.gz" for n in names]}).to_excel(
                 writer, sheet_name=sheet, index=False)
     return train_names, validation_names
+
+
+MOSMED_CATEGORIES = ("CT-0", "CT-1", "CT-2", "CT-3", "CT-4")
+
+
+def write_mosmed_download(out: Path, n_masked: int, n_unmasked: int, seed: int,
+                          settings: PhantomSettings = PhantomSettings(), flattened: bool = False,
+                          decompressed: bool = False) -> Tuple[List[str], List[str]]:
+    """Phantoms in MosMed-1110's layout (covidseg.data.mosmed): dataset_registry.xlsx and studies/CT-k/ + masks/,
+    or with `flattened` the folders of copies in the wild (ct0..ct4/, masks/), with `decompressed` .nii files while
+    the registry keeps its .nii.gz paths. Masks are int16 {0, 1}. The masked and the unmasked study ids."""
+    rng = np.random.RandomState(seed)
+    masked = [f"study_{255 + i:04d}" for i in range(n_masked)]  # the release's masked studies start at 0255
+    unmasked = [f"study_{1 + i:04d}" for i in range(n_unmasked)]
+    suffix = ".nii" if decompressed else ".nii.gz"
+    rows = []
+    for i, study in enumerate(tqdm(sorted(unmasked + masked), desc="MosMed-layout phantoms", unit="study",
+                                   disable=None)):
+        category = "CT-1" if study in masked else MOSMED_CATEGORIES[i % len(MOSMED_CATEGORIES)]
+        folder = out / (f"ct{category[-1]}" if flattened else f"studies/{category}")
+        folder.mkdir(parents=True, exist_ok=True)
+        ct, seg = make_case(settings, rng, with_lesions=True)
+        sitk.WriteImage(ct, str(folder / f"{study}{suffix}"))
+        mask_file = ""
+        if study in masked:
+            (out / "masks").mkdir(exist_ok=True)
+            sitk.WriteImage(sitk.Cast(seg > 0, sitk.sitkInt16), str(out / "masks" / f"{study}_mask{suffix}"))
+            mask_file = f"/masks/{study}_mask.nii.gz"
+        rows.append({"study_id": study.split("_")[1], "category": category,
+                     "study_file": f"/studies/{category}/{study}.nii.gz", "mask_file": mask_file})
+    with pd.ExcelWriter(out / "dataset_registry.xlsx") as writer:
+        pd.DataFrame(rows).to_excel(writer, sheet_name="MosMedData COVID19_1110", index=False)
+    return masked, unmasked
