@@ -152,6 +152,7 @@ def write_dicom_series(folder: Path, image, series_uid: str, series_number: int 
     """One DICOM file per slice of a SimpleITK int16 image (its spacing, origin and direction in the headers),
     written by SimpleITK as in its DicomSeriesFromArray example; the files, in slice order."""
     import SimpleITK as sitk
+    from covidseg.data.dicom_series import locale_kept
     folder.mkdir(parents=True, exist_ok=True)
     direction = image.GetDirection()
     orientation = "\\".join(f"{v:.6f}" for v in (direction[0], direction[3], direction[6],
@@ -171,7 +172,8 @@ def write_dicom_series(folder: Path, image, series_uid: str, series_number: int 
             piece.SetMetaData(tag, value)
         path = folder / f"{prefix}{z + 1:04d}.dcm"
         writer.SetFileName(str(path))
-        writer.Execute(piece)
+        with locale_kept():  # GDCM's writer sets the process locale to "C"
+            writer.Execute(piece)
         files.append(path)
     return files
 

@@ -17,11 +17,13 @@ The case id of a series is the path of its folder below INPUT with '/' as '_' (I
 in INPUT itself), followed by '_s<SeriesNumber>' when its folder holds more than one CT series (or the UID's last
 digits when the numbers do not tell them apart). Characters other than letters, digits, '.', '-' and '_' become '_'.
 """
+import locale
 import re
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -214,9 +216,21 @@ def common_folder(paths: Sequence[Path]) -> Path:
     return common
 
 
+@contextmanager
+def locale_kept() -> Iterator[None]:
+    """GDCM (SimpleITK's DICOM IO) sets the process locale to "C" for its number formats (writing sets all of it),
+    which makes ASCII Python's default text encoding for the rest of the process; the locale is put back."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
 def read_series(slices: List[SliceHeader]):
     """The series as one SimpleITK image, read by ImageSeriesReader (GDCM) from its files in position order."""
     import SimpleITK as sitk
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames([str(s.path) for s in sorted_slices(slices)])
-    return reader.Execute()
+    with locale_kept():
+        return reader.Execute()

@@ -171,3 +171,15 @@ def test_a_series_named_like_a_nifti_case_is_refused(tmp_path):
     write_dicom_series(source / "ct", ct_volume(), UID)
     write_ct(source / "ct.nii.gz")
     assert "DICOM series ct: its case id is also that of ct.nii.gz" in refused(source, tmp_path)
+
+
+def test_reading_and_writing_dicom_keeps_the_process_locale(tmp_path):
+    """GDCM sets the locale to "C", which made every later subprocess output decode as ASCII (and fail on tqdm's
+    bars) in the process that read a series."""
+    import locale
+    before = locale.setlocale(locale.LC_ALL)
+    write_dicom_series(tmp_path / "ct", ct_volume(), UID)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    collect_inputs(tmp_path / "ct", staging)
+    assert locale.setlocale(locale.LC_ALL) == before
