@@ -114,6 +114,11 @@ SIZE ?= gpu
 # GPU ids: make experiment runs independent runs in parallel, one per GPU; make predict splits its inputs over them
 GPUS ?=
 FINETUNE_EPOCHS ?=
+# make evaluate EXTERNAL=<folder>: an external labelled test set, its name (empty: the folder's) and, for an
+# images/ + labels/ folder, the label values that are lesion
+EXTERNAL ?=
+EXTERNAL_NAME ?=
+LESION_LABELS ?= 1
 # make report
 REPORT_DIR ?= report
 NSD_TOLERANCE_MM ?= 1.0
@@ -206,7 +211,8 @@ help:
 ##               baseline [EXPERTS TOP_K CONFIDENCE_THRESHOLD PERTURBATION LAMBDA_MAX WARMUP_EPOCHS RAMPUP_EPOCHS BALANCE_ALPHA FINETUNE_LR
 ##               GATE_FEATURES GATE_NOISE BALANCE_DECAY SUPERVISED_LOSS EPOCHS ITERS VAL_ITERS SAVE_EVERY NPROC_PER_NODE NNODES FORCE=]
 ##   evaluate    every trained model segments the held-out test set (imagesTs/) into its folder; resumable
-##               [FOLD TTA=1]
+##               [FOLD TTA=1]; EXTERNAL=<folder>: an external labelled set instead (MedSeg, MosMed, COVID-19-20
+##               Train/, images/ + labels/) [EXTERNAL_NAME LESION_LABELS=1 FORCE=]
 ##   predict     INPUT=<dir|file> OUTPUT=<dir> [MODEL=moe|moe_cps|control|selftrain|meanteacher|fullres|lowres|ensemble
 ##               FOLD INFERENCE_TOP_K TTA=1 GPUS= FORCE=]
 ##   gradcam     INPUT=<dir|file> OUTPUT=<dir> [MODEL=moe|fullres FOLD LAYER BACKEND=gcam|gcampp TTA=1 FORCE=]
@@ -297,7 +303,9 @@ semi: setup
 
 evaluate: setup
 	$(PY) -m covidseg.evaluate --task $(TASK) --fold $(FOLD) --plans $(PLANS) --trainer $(TRAINER) \
-		--moe-trainer $(MOE_TRAINER) --control-trainer $(CONTROL_TRAINER) $(if $(filter 0,$(TTA)),--disable-tta)
+		--moe-trainer $(MOE_TRAINER) --control-trainer $(CONTROL_TRAINER) $(if $(filter 0,$(TTA)),--disable-tta) \
+		$(if $(EXTERNAL),--external "$(EXTERNAL)" $(if $(EXTERNAL_NAME),--external-name "$(EXTERNAL_NAME)") \
+		--lesion-labels $(LESION_LABELS) $(if $(FORCE),--force))
 
 predict: setup
 	@test -n "$(INPUT)" -a -n "$(OUTPUT)" || { echo "ERROR: set INPUT=<CT file or folder> and OUTPUT=<folder>" >&2; exit 1; }

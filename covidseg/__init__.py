@@ -23,8 +23,9 @@ The libraries they share, each importing only the ones above it in this list:
 
     core        errors (the one error convention), challenge (the download's layout, the lesion label, the
                 case-id rule), workspace (nnU-Net's folders, environment and subprocesses)
-    data        conversion (download -> raw task), phantoms (synthetic CTs), ct_inputs (CTs handed to
-                predict / gradcam), image_checks (a NIfTI file read in full)
+    data        conversion (download -> raw task), mosmed (MosMed-1110's registry), phantoms (synthetic CTs),
+                ct_inputs (CTs handed to predict / gradcam), dicom_series (DICOM CT series found, checked and
+                read), external_sets (external labelled test sets), image_checks (a NIfTI file read in full)
     evaluation  metrics (Dice, NSD, HD95, volume error in physical units), statistics (bootstrap CIs, paired
                 tests), held_out (the test-set comparison), prediction_records (made_by.json)
     runs        the run machinery: methods (the registry of models and their folders), provenance (the

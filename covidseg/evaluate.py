@@ -6,6 +6,11 @@ trained model, into the model folders:
     <ensemble folder>/test_predictions/<case>.nii.gz        lowres + fullres softmax averaged (nnUNet_ensemble)
     .../test_predictions/made_by.json                       the checkpoint(s) that made them
 
+EXTERNAL=<folder> (--external): an external labelled test set instead (covidseg.data.external_sets: MedSeg dataset 2,
+MosMed's masked studies, a COVID-19-20 Train/ folder, or images/ + labels/ with LESION_LABELS), stored beside the
+task as external/<name>/ (name: EXTERNAL_NAME, else the folder's name) and segmented by every model into
+<model folder>/external_predictions/<name>/, with the same records and resume rules; `make report` adds its section.
+
 `--extra-model NAME=TRAINER` adds another 3d_fullres model of the task (a trainer outside the registry). A model
 that is not trained is skipped; a case already segmented by the model's current checkpoint is not segmented again,
 so an interrupted run resumes; predictions another checkpoint made (the model was trained again), made with other
@@ -14,14 +19,16 @@ member's predictions changed (covidseg.evaluation.prediction_records). Prints ea
 `make report` gives the full test-set comparison.
 """
 import argparse
+from functools import partial
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 from covidseg.core.errors import WorkflowError, main_guard
 from covidseg.runs.methods import METHODS, Method
 from covidseg.runs.nnunet_runs import nnunet_predict, print_and_save_dice_table, validation_dice
-from covidseg.core.workspace import (add_model_arguments, model_dir, run, task_name, test_images_dir, test_labels_dir,
-                                     test_predictions_dir)
+from covidseg.core.workspace import (add_model_arguments, external_predictions_dir, model_dir, raw_data_dir, run,
+                                     task_name, test_images_dir, test_labels_dir, test_predictions_dir)
+from covidseg.data import external_sets
 from covidseg.runs.methods import model_folders
 from covidseg.evaluation.prediction_records import ensemble_record, model_record, prepare_folder, read_record
 
@@ -53,10 +60,12 @@ def missing_cases(folder: Path, cases: Sequence[str]) -> Sequence[str]:
 
 
 def segment_test_set(name: str, method: Method, folder: Path, task: str, args, cases: Sequence[str],
-                     npz: bool) -> None:
-    """The model's segmentation of every test case, by its current checkpoint (covidseg.evaluation.
-    prediction_records): what another checkpoint made, or what does not read in full, is segmented again."""
-    output = test_predictions_dir(folder)
+                     npz: bool, images: Optional[Path] = None, output: Optional[Path] = None) -> None:
+    """The model's segmentation of every test case (of `images`, into `output`: by default the held-out test
+    set, into test_predictions/), by its current checkpoint (covidseg.evaluation.prediction_records): what another
+    checkpoint made, or what does not read in full, is segmented again."""
+    images = images or test_images_dir(task)
+    output = output or test_predictions_dir(folder)
     prepare_folder(output, model_record(folder, tta=not args.disable_tta), name)
     todo = missing_cases(output, cases)
     if npz:  # the ensemble needs every member's softmax
@@ -64,17 +73,18 @@ def segment_test_set(name: str, method: Method, folder: Path, task: str, args, c
     print(f"{name}: {len(cases) - len(todo)} of {len(cases)} test case(s) segmented already by its current "
           f"checkpoint", flush=True)
     if todo:
-        nnunet_predict(test_images_dir(task), output, args.task, method.configuration, method.trainer_for(args),
+        nnunet_predict(images, output, args.task, method.configuration, method.trainer_for(args),
                        args.plans, args.fold, npz=npz, tta=not args.disable_tta)
 
 
-def ensemble_test_set(name: str, folder: Path, members: Dict[str, Path], cases: Sequence[str]) -> None:
-    """nnUNet_ensemble of the members' test softmax; made again when a member's predictions changed."""
-    output = test_predictions_dir(folder)
-    prepare_folder(output, ensemble_record({m: read_record(test_predictions_dir(f)) for m, f in members.items()}),
-                   name)
+def ensemble_test_set(name: str, folder: Path, members: Dict[str, Path], cases: Sequence[str],
+                      predictions_of=test_predictions_dir) -> None:
+    """nnUNet_ensemble of the members' test softmax (predictions_of: a model folder's predictions folder); made
+    again when a member's predictions changed."""
+    output = predictions_of(folder)
+    prepare_folder(output, ensemble_record({m: read_record(predictions_of(f)) for m, f in members.items()}), name)
     if missing_cases(output, cases):
-        run(["nnUNet_ensemble", "-f", *[str(test_predictions_dir(f)) for f in members.values()], "-o", str(output)])
+        run(["nnUNet_ensemble", "-f", *[str(predictions_of(f)) for f in members.values()], "-o", str(output)])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -83,11 +93,28 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--disable-tta", action="store_true", help="no mirroring at test time (8x faster in 3D)")
     parser.add_argument("--extra-model", action="append", default=[], metavar="NAME=TRAINER",
                         help="another 3d_fullres model to segment the test set with (repeatable)")
+    parser.add_argument("--external", type=Path, default=None,
+                        help="an external labelled test set to segment instead of the held-out test set")
+    parser.add_argument("--external-name", default=None, help="its name (default: the folder's name)")
+    parser.add_argument("--lesion-labels", type=int, nargs="+", default=[1],
+                        help="the label values that are lesion, for an images/ + labels/ external set")
+    parser.add_argument("--force", action="store_true", help="replace a stored external set of that name")
     args = parser.parse_args(argv)
     extra = extra_models(args.extra_model)
 
     task = task_name(args.task)
-    cases = test_cases(task)
+    if args.external is not None:
+        name = args.external_name or args.external.resolve().name
+        stored = external_sets.store(args.external, raw_data_dir() / task, name, args.lesion_labels, args.force)
+        images, labels = stored / "images", stored / "labels"
+        cases = sorted(p.name[: -len("_0000.nii.gz")] for p in images.glob("*_0000.nii.gz"))
+        predictions_of = partial(external_predictions_dir, name=name)
+        title, csv_name = f"External test set {name}: Dice (lesion)", f"external_dice_{name}_fold_{args.fold}.csv"
+    else:
+        images, labels, cases, predictions_of = test_images_dir(task), test_labels_dir(task), test_cases(task), \
+            test_predictions_dir
+        title, csv_name = "Test-set Dice (lesion; all test cases, see make report for CIs)", \
+            f"test_dice_fold_{args.fold}.csv"
     methods = {**METHODS, **extra}
     folders = model_folders(task, args.plans, args.fold, args)
     folders.update({name: model_dir("3d_fullres", task, m.trainer, args.plans, args.fold) for name, m in extra.items()})
@@ -97,21 +124,20 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         raise WorkflowError(f"no trained model of {task} fold {args.fold}: run 'make baseline' first")
     ensembles = {name: m for name, m in methods.items() if m.is_ensemble and all(x in trained for x in m.members)}
     ensemble_members = {member for m in ensembles.values() for member in m.members}
-    for name, folder in trained.items():
-        segment_test_set(name, methods[name], folder, task, args, cases, npz=name in ensemble_members)
-    for name, method in ensembles.items():
-        ensemble_test_set(name, folders[name], {m: trained[m] for m in method.members}, cases)
-        trained[name] = folders[name]
+    for model, folder in trained.items():
+        segment_test_set(model, methods[model], folder, task, args, cases, npz=model in ensemble_members,
+                         images=images, output=predictions_of(folder))
+    for model, method in ensembles.items():
+        ensemble_test_set(model, folders[model], {m: trained[m] for m in method.members}, cases, predictions_of)
+        trained[model] = folders[model]
 
     results: Dict[str, Dict[str, float]] = {}
-    for name in folders:  # report order
-        if name in trained:
-            if missing_cases(test_predictions_dir(trained[name]), cases):
-                raise WorkflowError(f"{name}: nnU-Net left test cases unsegmented in "
-                                    f"{test_predictions_dir(trained[name])}")
-            results[name] = validation_dice(test_predictions_dir(trained[name]), test_labels_dir(task))
-    print_and_save_dice_table(results, folders["fullres"].parent.parent / f"test_dice_fold_{args.fold}.csv",
-                              title="Test-set Dice (lesion; all test cases, see make report for CIs)")
+    for model in folders:  # report order
+        if model in trained:
+            if missing_cases(predictions_of(trained[model]), cases):
+                raise WorkflowError(f"{model}: nnU-Net left test cases unsegmented in {predictions_of(trained[model])}")
+            results[model] = validation_dice(predictions_of(trained[model]), labels)
+    print_and_save_dice_table(results, folders["fullres"].parent.parent / csv_name, title=title)
 
 
 if __name__ == "__main__":

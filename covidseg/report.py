@@ -26,6 +26,7 @@ import argparse
 import csv
 import json
 import math
+from functools import partial
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -40,8 +41,9 @@ from covidseg.core.challenge import LESION_LABEL
 from covidseg.core.errors import WorkflowError, main_guard, translate_errors
 from covidseg.runs.methods import METHODS
 from covidseg.runs.provenance import budget_line, read_record, settings_line, start_line
-from covidseg.core.workspace import (add_model_arguments, ground_truth_dir, raw_data_dir, task_name, test_labels_dir,
-                                     test_predictions_dir, validation_predictions_dir)
+from covidseg.data import external_sets
+from covidseg.core.workspace import (add_model_arguments, external_predictions_dir, ground_truth_dir, raw_data_dir,
+                                     task_name, test_labels_dir, test_predictions_dir, validation_predictions_dir)
 from covidseg.runs.methods import model_folders
 from covidseg.data.ct_inputs import LUNG_WINDOW
 from covidseg.evaluation import held_out
@@ -265,31 +267,55 @@ def trained_models(folders: Dict[str, Path]) -> Dict[str, Path]:
 def held_out_section(task: str, folders: Dict[str, Path], tolerance_mm: float,
                      out: Path) -> Tuple[List[str], List[str]]:
     """(the report's "Test set" lines, its figures); nothing when the task has no held-out test set."""
-    labels = test_labels_dir(task)
+    return labelled_set_section(folders, test_labels_dir(task), test_predictions_dir, tolerance_mm, out,
+                                title="Test set", intro="held-out case(s) with labels, never trained on (labelsTs/)",
+                                stem="test", command="make evaluate")
+
+
+def labelled_set_section(folders: Dict[str, Path], labels: Path, predictions_of, tolerance_mm: float, out: Path,
+                         title: str, intro: str, stem: str, command: str) -> Tuple[List[str], List[str]]:
+    """(the lines of a section that scores every model on a labelled set, its figures): the held-out test set or an
+    external one (predictions_of: a model folder's predictions of the set; stem: of the CSV and plot names)."""
     if not labels.is_dir() or not any(labels.glob("*.nii.gz")):
         return [], []
     for name, folder in folders.items():
-        predictions = test_predictions_dir(folder)
+        predictions = predictions_of(folder)
         if predictions.is_dir() and any(predictions.glob("*.nii.gz")):
-            verify_folder(predictions, expected_test_record(name, folders), name)
-    scores, missing = score(folders, lambda _name, folder: test_predictions_dir(folder), labels, tolerance_mm,
-                            "test")
+            verify_folder(predictions, expected_test_record(name, folders), name, command)
+    scores, missing = score(folders, lambda _name, folder: predictions_of(folder), labels, tolerance_mm, stem)
     n_cases = len(list(labels.glob("*.nii.gz")))
-    lines = ["## Test set", "", f"{n_cases} held-out case(s) with labels, never trained on (labelsTs/)."]
+    lines = [f"## {title}", "", f"{n_cases} {intro}."]
     if not scores:
-        return lines + ["", "No model has segmented them yet: run 'make evaluate'."], []
+        return lines + ["", f"No model has segmented them yet: run '{command}'."], []
     lines += [""] + held_out.markdown(scores, tolerance_mm, model_budgets(folders)) + [""]
-    lines += [f"- {name}: not evaluated on the test set (run 'make evaluate')" for name in missing]
-    lines += [f"- {name}: segmented {len(s)} of {n_cases} test cases" for name, s in scores.items()
+    lines += [f"- {name}: not evaluated on this set (run '{command}')" for name in missing]
+    lines += [f"- {name}: segmented {len(s)} of {n_cases} cases" for name, s in scores.items()
               if len(s) != n_cases]
-    write_csv(scores, out / "test_metrics.csv")
+    write_csv(scores, out / f"{stem}_metrics.csv")
     figures = []
     reference = "control" if "control" in scores else "fullres"
     if "moe" in scores and reference in scores:
         cases = sorted(set(held_out.lesion_cases(scores["moe"])) & set(held_out.lesion_cases(scores[reference])))
-        plot_paired_dice(scores[reference], scores["moe"], reference, "moe", out / "paired_test_dice.png", cases)
-        figures.append("paired_test_dice.png")
-    return lines + ["", "Per-case values: test_metrics.csv", ""], figures
+        plot_paired_dice(scores[reference], scores["moe"], reference, "moe", out / f"paired_{stem}_dice.png", cases)
+        figures.append(f"paired_{stem}_dice.png")
+    return lines + ["", f"Per-case values: {stem}_metrics.csv", ""], figures
+
+
+def external_sections(task: str, folders: Dict[str, Path], tolerance_mm: float,
+                      out: Path) -> Tuple[List[str], List[str]]:
+    """One "External test set: <name>" section per set stored by `make evaluate EXTERNAL=...`."""
+    lines, figures = [], []
+    for name, stored in external_sets.stored_sets(raw_data_dir() / task).items():
+        source = json.loads((stored / external_sets.SOURCE_RECORD).read_text())
+        section, plots = labelled_set_section(
+            folders, stored / "labels", partial(external_predictions_dir, name=name), tolerance_mm, out,
+            title=f"External test set: {name}",
+            intro=(f"case(s) from {source['folder']} ({source['layout']}; lesion = label(s) "
+                   f"{', '.join(map(str, source['lesion_labels']))}), never trained on"),
+            stem=f"external_{name}", command=f"make evaluate EXTERNAL={source['folder']} EXTERNAL_NAME={name}")
+        lines += section
+        figures += plots
+    return lines, figures
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -317,6 +343,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     out = args.output
     out.mkdir(parents=True, exist_ok=True)
     test_lines, figures = held_out_section(task, folders, args.tolerance_mm, out)
+    external_lines, external_figures = external_sections(task, folders, args.tolerance_mm, out)
+    test_lines += external_lines
+    figures += external_figures
     validation = [f"## Validation (fold {args.fold})", ""] + markdown_table(summaries, missing, lacking,
                                                                            args.tolerance_mm)
     if untrained:

@@ -107,6 +107,11 @@ def test_predictions_dir(folder: Path) -> Path:
     return folder / TEST_PREDICTIONS
 
 
+def external_predictions_dir(folder: Path, name: str) -> Path:
+    """Where `make evaluate EXTERNAL=...` writes a model's segmentations of the external test set `name`."""
+    return folder / "external_predictions" / name
+
+
 def test_images_dir(task: str) -> Path:
     return raw_data_dir() / task / "imagesTs"
 
