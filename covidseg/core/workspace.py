@@ -4,6 +4,7 @@ The folders follow nnU-Net's own environment variables (nnUNet_raw_data_base, nn
 RESULTS_FOLDER), so everything made here is also found by the plain nnU-Net commands.
 """
 import argparse
+import hashlib
 import os
 import shutil
 import subprocess
@@ -12,6 +13,15 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from covidseg.core.errors import WorkflowError, translate_errors
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def env_folder(variable: str) -> Path:

@@ -16,7 +16,6 @@ byte), labels/<case>.nii.gz (1 where the source label is a lesion label, else 0,
 source.json (the folder, the layout, the lesion labels, each file's sha256). A set stored from another folder or
 with other lesion labels is refused unless force; one stored from the same files is reused.
 """
-import hashlib
 import json
 import os
 import re
@@ -31,6 +30,7 @@ import SimpleITK as sitk
 
 from covidseg.core.challenge import case_id
 from covidseg.core.errors import ProblemsError, WorkflowError
+from covidseg.core.workspace import file_sha256
 from covidseg.data import mosmed
 from covidseg.data.image_checks import check_image, is_nifti, parallel_map
 
@@ -116,14 +116,6 @@ def case_problems(case: str, image_path: Path, label_path: Path) -> List[str]:
     if not np.array_equal(values, np.round(values)):
         problems.append(f"{case}: the label holds non-integer values ({label_path})")
     return problems
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def source_record(folder: Path, found: ExternalSet) -> dict:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from covidseg.core.errors import ProblemsError, WorkflowError
+from covidseg.core.workspace import file_sha256
 from covidseg.runs.model_files import FINAL_CHECKPOINT, FOLD_FILES, TRAINER_FOLDER_FILES, check_model_files, \
     model_files
 
@@ -56,14 +57,6 @@ def model_members(results: Path, trainer_folders: Sequence[Path]) -> Dict[str, P
             for path in model_files(fold):
                 members[path.relative_to(results).as_posix()] = path
     return members
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def workspace_commit() -> Dict[str, object]:
