@@ -114,6 +114,16 @@ SIZE ?= gpu
 # GPU ids: make experiment runs independent runs in parallel, one per GPU; make predict splits its inputs over them
 GPUS ?=
 FINETUNE_EPOCHS ?=
+# make experiment SCHEDULER=slurm: one sbatch job per run and method (docs/cluster.md); WAIT=1 waits for them.
+# Empty SLURM_* options: the cluster's defaults (SLURM_GPUS_PER_JOB empty: 1 for SIZE=gpu, 0 for SIZE=cpu);
+# SLURM_OPTIONS: any other sbatch options, e.g. SLURM_OPTIONS="--qos=long --mem=64G"
+SCHEDULER ?= local
+WAIT ?=
+SLURM_PARTITION ?=
+SLURM_GPUS_PER_JOB ?=
+SLURM_TIME ?=
+SLURM_ACCOUNT ?=
+SLURM_OPTIONS ?=
 # make evaluate EXTERNAL=<folder>: an external labelled test set, its name (empty: the folder's) and, for an
 # images/ + labels/ folder, the label values that are lesion
 EXTERNAL ?=
@@ -182,7 +192,7 @@ DEMO_RAMPUP_EPOCHS ?= 5
 
 .PHONY: help setup synthetic convert preprocess baseline control selftrain meanteacher weights semi evaluate predict \
 	gradcam report export import \
-	experiment demo test test-fast lint clean-demo
+	experiment slurm-local slurm-local-stop demo test test-fast lint clean-demo
 
 help:
 	@sed -n 's/^## \{0,1\}//p' $(MAKEFILE_LIST)
@@ -227,7 +237,13 @@ help:
 ##               [LABELED_FRACTIONS SEEDS TEST_FRACTION=0.2 EXPERIMENT_DIR=experiment
 ##               METHODS="fullres control selftrain meanteacher moe" (also moe_cps, moe_site)
 ##               PRESET= SIZE=gpu|cpu GPUS= EPOCHS FINETUNE_EPOCHS ITERS VAL_ITERS WARMUP_EPOCHS RAMPUP_EPOCHS
-##               FORCE= (retrains the models trained with other settings)]
+##               FORCE= (retrains the models trained with other settings)
+##               SCHEDULER=local|slurm (slurm: one sbatch job per run and method, a collect job; a re-run submits only
+##               what is not finished or queued) WAIT= SLURM_PARTITION SLURM_GPUS_PER_JOB SLURM_TIME SLURM_ACCOUNT
+##               SLURM_OPTIONS]
+##   slurm-local a one-node SLURM cluster on this machine (Debian's slurm-wlm + munge, one job at a time), to try
+##               SCHEDULER=slurm; idempotent
+##   slurm-local-stop  stop it
 ##   demo        synthetic download -> convert (test set held out) -> preprocess -> baseline -> control -> weights -> semi
 ##               -> evaluate -> predict -> gradcam -> report, on the CPU [DEMO_DIR=demo DEMO_CASES=40 DEMO_TEST_FRACTION=0.3]
 ##   test        every test: tests/unit, then tests/workflow (trained fixtures, subprocess runs); what CI runs
@@ -337,7 +353,16 @@ experiment: setup
 		$(if $(GPUS),--gpus $(GPUS)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(FINETUNE_EPOCHS),--finetune-epochs $(FINETUNE_EPOCHS)) \
 		$(if $(ITERS),--iterations $(ITERS)) $(if $(VAL_ITERS),--val-iterations $(VAL_ITERS)) \
 		$(if $(WARMUP_EPOCHS),--warmup-epochs $(WARMUP_EPOCHS)) $(if $(RAMPUP_EPOCHS),--rampup-epochs $(RAMPUP_EPOCHS)) \
-		$(if $(FORCE),--force)
+		$(if $(FORCE),--force) --scheduler $(SCHEDULER) $(if $(WAIT),--wait) \
+		$(if $(SLURM_PARTITION),--slurm-partition "$(SLURM_PARTITION)") $(if $(SLURM_GPUS_PER_JOB),--slurm-gpus-per-job $(SLURM_GPUS_PER_JOB)) \
+		$(if $(SLURM_TIME),--slurm-time "$(SLURM_TIME)") $(if $(SLURM_ACCOUNT),--slurm-account "$(SLURM_ACCOUNT)") \
+		$(if $(SLURM_OPTIONS),--slurm-options="$(SLURM_OPTIONS)")
+
+slurm-local:
+	scripts/slurm_local.sh start
+
+slurm-local-stop:
+	scripts/slurm_local.sh stop
 
 # ---------------------------------------------------------------- demo
 DEMO_ENV := nnUNet_raw_data_base=$(DEMO_DIR)/nnUNet_raw nnUNet_preprocessed=$(DEMO_DIR)/nnUNet_preprocessed \

@@ -31,7 +31,8 @@ The libraries they share, each importing only the ones above it in this list:
     runs        the run machinery: methods (the registry of models and their folders), provenance (the
                 settings check), nnunet_runs (training, resuming, prediction), distributed (torchrun),
                 baseline_variants (the bodies of control, selftrain and meanteacher), model_files (a model's
-                files loaded safely before use), model_zip (export and import of a model)
+                files loaded safely before use), model_zip (export and import of a model), slurm (the
+                experiment's runs as SLURM jobs)
 
 The nnU-Net-side code (network, trainers, losses, Grad-CAM) lives in ``semi_supervised/`` and is copied
 into the pinned nnU-Net, where nnU-Net's own class lookup finds it (``nnunet.*``). What the benchmarks share is

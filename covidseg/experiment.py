@@ -26,17 +26,23 @@ All methods of a run share one RESULTS_FOLDER (<run>/results), each in its train
 
 With --gpus, independent runs go in parallel, one per GPU (CUDA_VISIBLE_DEVICES); without, one after another.
 Each run logs its commands' output to <run>/log.txt.
+
+--scheduler slurm (SCHEDULER=slurm) submits the same protocol to SLURM instead (covidseg.runs.slurm): one job per run
+and method, each after the jobs of the methods it starts from, then one job that collects the results; each job's
+log is <run>/slurm/<method>-<job id>.log. Calling it again submits only what is neither finished nor queued;
+--wait (WAIT=1) waits for the jobs and prints the table.
 """
 import argparse
 import csv
 import json
 import os
 import queue
+import shlex
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -46,9 +52,10 @@ matplotlib.use("agg")
 import matplotlib.pyplot as plt
 
 from covidseg.core.errors import WorkflowError, main_guard, translate_errors
+from covidseg.runs import slurm
 from covidseg.runs.methods import EXPERIMENT_METHODS, METHODS, Method, resolve
 from covidseg.runs.provenance import budget_line, read_record, settings_line
-from covidseg.core.workspace import fold_folder
+from covidseg.core.workspace import file_sha256, fold_folder
 from covidseg.evaluation import held_out
 from covidseg.evaluation.metrics import CaseFileError, CaseMetrics, metrics_per_case
 from covidseg.evaluation.prediction_records import model_record, verify_folder
@@ -136,10 +143,10 @@ class Runner:
     """Runs the workflow's commands for one run, each in the run's folders, logging to <run>/log.txt."""
 
     def __init__(self, run: Run, budget: Budget, download: Path, test_fraction: float, gpu: Optional[str] = None,
-                 preset: Optional[Preset] = None, retrain_changed: bool = False):
+                 preset: Optional[Preset] = None, retrain_changed: bool = False, log: Optional[Path] = None):
         self.run, self.budget, self.download, self.test_fraction, self.gpu = run, budget, download, test_fraction, gpu
         self.preset, self.retrain_changed = preset, retrain_changed
-        self.log = run.folder / "log.txt"
+        self.log = log or run.folder / "log.txt"
 
     def say(self, message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {self.run.name}: {message}", flush=True)
@@ -160,7 +167,7 @@ class Runner:
         return env
 
     def command(self, name: str, *args: str, method: Optional[Method] = None) -> None:
-        self.run.folder.mkdir(parents=True, exist_ok=True)
+        self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "a") as log:
             log.write(f"\n$ python -m covidseg.{name} {' '.join(args)}\n")
             log.flush()
@@ -374,6 +381,21 @@ def parse_arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:
                              "it such a model is refused, naming the settings)")
     for option in ("epochs", "finetune-epochs", "iterations", "val-iterations", "warmup-epochs", "rampup-epochs"):
         parser.add_argument(f"--{option}", type=int, default=None, help="overrides SIZE's setting")
+    cluster = parser.add_argument_group("SLURM (--scheduler slurm)")
+    cluster.add_argument("--scheduler", choices=("local", "slurm"), default="local",
+                         help="local: the runs on this machine; slurm: one sbatch job per run and method")
+    cluster.add_argument("--wait", action="store_true", help="wait for the jobs, then print the table (WAIT=1)")
+    cluster.add_argument("--poll-seconds", type=float, default=15.0, help="how often --wait asks squeue")
+    cluster.add_argument("--slurm-partition", default=None, help="SLURM_PARTITION (empty: the cluster's default)")
+    cluster.add_argument("--slurm-gpus-per-job", type=int, default=None,
+                         help="SLURM_GPUS_PER_JOB (--gres=gpu:N; default 1 for SIZE=gpu, 0 for SIZE=cpu)")
+    cluster.add_argument("--slurm-time", default=None, help="SLURM_TIME: each job's time limit (sbatch --time)")
+    cluster.add_argument("--slurm-account", default=None, help="SLURM_ACCOUNT (sbatch --account)")
+    cluster.add_argument("--slurm-options", default="",
+                         help="SLURM_OPTIONS: any other sbatch options, one string (e.g. '--qos=long --mem=64G')")
+    internal = parser.add_argument_group("what the SLURM jobs run (one fraction, one seed)")
+    internal.add_argument("--job", default=None, metavar="METHOD", help="train and evaluate this method only")
+    internal.add_argument("--collect", action="store_true", help="only collect the results of finished runs")
     return parser.parse_args(argv)
 
 
@@ -418,6 +440,115 @@ def run_all(runs: Sequence[Run], methods: Sequence[Method], args: argparse.Names
             future.result()
 
 
+def write_results(args: argparse.Namespace, runs: Sequence[Run], methods: Sequence[Method], budget: Budget,
+                  fractions: Sequence[float], seeds: Sequence[int]) -> None:
+    rows = collect(runs, methods, budget.plans)
+    write_results_csv(rows, args.dir / "results.csv")
+    scores = {fraction: scores_by_method(rows, fraction) for fraction in fractions}
+    lines = results_markdown(scores, seeds, args.size, budget.planner, args.test_fraction, methods,
+                             recorded_budgets(runs, methods, budget.plans), PRESETS.get(args.preset),
+                             site_by_key(rows))
+    plot_dice_vs_fraction(scores, methods, args.dir / "dice_vs_labeled_fraction.png")
+    lines += ["![dice_vs_labeled_fraction.png](dice_vs_labeled_fraction.png)", ""]
+    (args.dir / "results.md").write_text("\n".join(lines))
+    print_results(args.dir)
+
+
+def print_results(folder: Path) -> None:
+    lines = (folder / "results.md").read_text().splitlines()
+    print("\n".join(line for line in lines if not line.startswith("![")))
+    print(f"results: {folder / 'results.csv'}, {folder / 'results.md'}, {folder / 'dice_vs_labeled_fraction.png'}")
+
+
+# ------------------------------------------------------------------ SLURM
+
+def job_command(args: argparse.Namespace, budget: Budget, fractions: Sequence[float], seeds: Sequence[int],
+                methods: Sequence[Method], *mode: str) -> List[str]:
+    """The command line of a SLURM job: this command for the given runs and methods, with the budget spelt out."""
+    command = [sys.executable, "-m", "covidseg.experiment", str(args.download), "--dir", str(args.dir),
+               "--labeled-fractions", *[repr(f) for f in fractions], "--seeds", *[str(s) for s in seeds],
+               "--test-fraction", repr(args.test_fraction), "--size", args.size,
+               "--methods", *[m.name for m in methods]]
+    for option in ("epochs", "finetune_epochs", "iterations", "val_iterations", "warmup_epochs", "rampup_epochs"):
+        if getattr(budget, option) is not None:
+            command += [f"--{option.replace('_', '-')}", str(getattr(budget, option))]
+    command += ["--preset", args.preset] if args.preset else []
+    return command + (["--force"] if args.force else []) + list(mode)
+
+
+def method_stage(args: argparse.Namespace, budget: Budget, run: Run, method: Method) -> slurm.Stage:
+    request = {"download": str(args.download), "run": run.folder.name, "labeled_fraction": run.labeled_fraction,
+               "seed": run.seed, "test_fraction": args.test_fraction, "preset": args.preset, "size": args.size,
+               "budget": asdict(budget), "method": method.name, "settings": slurm.settings_environment()}
+    return slurm.Stage(name=f"{run.name} {method.name}", key=method.name, folder=run.folder / "slurm",
+                       command=job_command(args, budget, [run.labeled_fraction], [run.seed], [method],
+                                           "--job", method.name),
+                       request=request, outputs=slurm.checkpoint_outputs(run.model(method, budget.plans)),
+                       after=[f"{run.name} {required}" for required in method.requires])
+
+
+def collect_stage(args: argparse.Namespace, budget: Budget, runs: Sequence[Run], methods: Sequence[Method],
+                  fractions: Sequence[float], seeds: Sequence[int],
+                  method_stages: Sequence[slurm.Stage]) -> slurm.Stage:
+    def outputs() -> Dict[str, str]:
+        results = args.dir / "results.csv"
+        if not results.is_file():
+            return {}
+        made = {str(results): file_sha256(results)}
+        for stage in method_stages:  # the checkpoints scored: a retrained model makes the results stale
+            made.update(stage.outputs())
+        return made
+
+    request = {"download": str(args.download), "runs": [r.folder.name for r in runs], "size": args.size,
+               "test_fraction": args.test_fraction, "methods": [m.name for m in methods], "preset": args.preset}
+    return slurm.Stage(name="collect", key="collect", folder=args.dir / "slurm",
+                       command=job_command(args, budget, fractions, seeds, methods, "--collect"),
+                       request=request, outputs=outputs, after=[s.name for s in method_stages])
+
+
+def slurm_options(args: argparse.Namespace, budget: Budget) -> slurm.SlurmOptions:
+    gpus = args.slurm_gpus_per_job if args.slurm_gpus_per_job is not None else (1 if args.size == "gpu" else 0)
+    return slurm.SlurmOptions(partition=args.slurm_partition or None, gpus_per_job=gpus,
+                              cpus_per_job=budget.processes, time_limit=args.slurm_time or None,
+                              account=args.slurm_account or None, extra=tuple(shlex.split(args.slurm_options)))
+
+
+def run_job(args: argparse.Namespace, runs: Sequence[Run], budget: Budget) -> None:
+    """What a SLURM job runs: one method of one run (the stages it needs first skip what is done)."""
+    if len(runs) != 1:
+        raise WorkflowError("--job trains one method of one run: give one labelled fraction and one seed")
+    run, method = runs[0], METHODS[args.job]
+    stage = method_stage(args, budget, run, method)
+    runner = Runner(run, budget, args.download, args.test_fraction, preset=PRESETS.get(args.preset),
+                    retrain_changed=args.force, log=stage.log(os.environ.get("SLURM_JOB_ID", "manual")))
+    runner.convert()
+    runner.preprocess()
+    runner.note_earlier_layout()
+    runner.train_and_evaluate(method)
+    slurm.mark_done(stage)
+    runner.say(f"{method.name}: done")
+
+
+def submit_to_slurm(args: argparse.Namespace, runs: Sequence[Run], methods: Sequence[Method], budget: Budget,
+                    fractions: Sequence[float], seeds: Sequence[int]) -> None:
+    method_stages = [method_stage(args, budget, run, method) for run in runs for method in methods]
+    stages = method_stages + [collect_stage(args, budget, runs, methods, fractions, seeds, method_stages)]
+    submission = slurm.submit_protocol(stages, slurm_options(args, budget), workdir=Path.cwd())
+    if not submission.jobs:
+        print(f"every job has finished ({len(submission.finished)} stages); nothing submitted")
+        print_results(args.dir)
+        return
+    jobs = ",".join(submission.jobs.values())
+    print(f"{len(submission.submitted)} job(s) submitted, {len(submission.jobs) - len(submission.submitted)} kept "
+          f"in the queue, {len(submission.finished)} finished before. Follow them with\n"
+          f"    squeue -j {jobs}\n    tail -f {args.dir}/runs/*/slurm/*.log\n"
+          f"results.md is written by the collect job ({submission.jobs['collect']}). Call the same command again to "
+          f"submit what failed or was cancelled; WAIT=1 (--wait) waits for them.", flush=True)
+    if args.wait:
+        slurm.wait_for(stages, submission, args.poll_seconds)
+        print_results(args.dir)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_arguments(argv)
     args.dir = args.dir.resolve()
@@ -434,27 +565,32 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     bad = [f for f in args.labeled_fractions if not 0 < f <= 1]
     if bad:
         raise WorkflowError(f"labelled fractions must be in (0, 1], got {bad} (LABELED_FRACTIONS)")
+    if args.scheduler == "slurm" and args.gpus:
+        raise WorkflowError("GPUS places runs on this machine's GPUs; with SCHEDULER=slurm the cluster places the "
+                            "jobs: set SLURM_GPUS_PER_JOB instead")
+    if args.job is not None and args.job not in EXPERIMENT_METHODS:
+        raise WorkflowError(f"--job {args.job}: not a method of the experiment ({', '.join(EXPERIMENT_METHODS)})")
     with translate_errors(ValueError, context="METHODS"):
         methods = resolve(args.methods)
     budget = budget_of(args)
     fractions, seeds = sorted(set(args.labeled_fractions)), list(dict.fromkeys(args.seeds))
     runs = runs_of(args.dir, fractions, seeds)
+    if args.job is not None:
+        run_job(args, runs, budget)
+        return
+    if args.collect:
+        write_results(args, runs, methods, budget, fractions, seeds)
+        stages = [method_stage(args, budget, run, method) for run in runs for method in methods]
+        slurm.mark_done(collect_stage(args, budget, runs, methods, fractions, seeds, stages))
+        return
     print(f"experiment in {args.dir}: {len(runs)} run(s) (labelled fractions {[f'{f:g}' for f in fractions]} x "
-          f"seeds {seeds}), methods {', '.join(m.name for m in methods)}, SIZE={args.size}", flush=True)
+          f"seeds {seeds}), methods {', '.join(m.name for m in methods)}, SIZE={args.size}"
+          + (", on SLURM" if args.scheduler == "slurm" else ""), flush=True)
+    if args.scheduler == "slurm":
+        submit_to_slurm(args, runs, methods, budget, fractions, seeds)
+        return
     run_all(runs, methods, args, budget)
-
-    rows = collect(runs, methods, budget.plans)
-    write_results_csv(rows, args.dir / "results.csv")
-    scores = {fraction: scores_by_method(rows, fraction) for fraction in fractions}
-    lines = results_markdown(scores, seeds, args.size, budget.planner, args.test_fraction, methods,
-                             recorded_budgets(runs, methods, budget.plans), PRESETS.get(args.preset),
-                             site_by_key(rows))
-    plot_dice_vs_fraction(scores, methods, args.dir / "dice_vs_labeled_fraction.png")
-    lines += ["![dice_vs_labeled_fraction.png](dice_vs_labeled_fraction.png)", ""]
-    (args.dir / "results.md").write_text("\n".join(lines))
-    print("\n".join(lines[:-2]))
-    print(f"results: {args.dir / 'results.csv'}, {args.dir / 'results.md'}, "
-          f"{args.dir / 'dice_vs_labeled_fraction.png'}")
+    write_results(args, runs, methods, budget, fractions, seeds)
 
 
 if __name__ == "__main__":
