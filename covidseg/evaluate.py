@@ -99,6 +99,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--lesion-labels", type=int, nargs="+", default=[1],
                         help="the label values that are lesion, for an images/ + labels/ external set")
     parser.add_argument("--force", action="store_true", help="replace a stored external set of that name")
+    parser.add_argument("--models", nargs="+", default=None, metavar="NAME",
+                        help="only these models of the method registry (default: every trained one); what `make "
+                             "experiment` passes, so that jobs of one run on a cluster never segment each other's "
+                             "models")
     args = parser.parse_args(argv)
     extra = extra_models(args.extra_model)
 
@@ -116,6 +120,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         title, csv_name = "Test-set Dice (lesion; all test cases, see make report for CIs)", \
             f"test_dice_fold_{args.fold}.csv"
     methods = {**METHODS, **extra}
+    if args.models is not None:
+        unknown = sorted(set(args.models) - set(methods))
+        if unknown:
+            raise WorkflowError(f"--models: unknown model(s) {', '.join(unknown)}; known: {', '.join(methods)}")
+        methods = {name: m for name, m in methods.items() if name in args.models}
     folders = model_folders(task, args.plans, args.fold, args)
     folders.update({name: model_dir("3d_fullres", task, m.trainer, args.plans, args.fold) for name, m in extra.items()})
     trained = {name: folders[name] for name, m in methods.items()
@@ -133,7 +142,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     results: Dict[str, Dict[str, float]] = {}
     for model in folders:  # report order
-        if model in trained:
+        if model in trained and model in methods:
             if missing_cases(predictions_of(trained[model]), cases):
                 raise WorkflowError(f"{model}: nnU-Net left test cases unsegmented in {predictions_of(trained[model])}")
             results[model] = validation_dice(predictions_of(trained[model]), labels)

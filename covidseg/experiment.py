@@ -234,7 +234,7 @@ class Runner:
             self.command(command, *self.model_arguments(command, method), method=method)
         self.say(f"{method.name}: segmenting the test set")
         self.command("evaluate", *self.model_arguments("evaluate"), *([] if self.budget.tta else ["--disable-tta"]),
-                     method=method)
+                     "--models", method.name, method=method)
 
     def all_stages(self, methods: Sequence[Method]) -> None:
         self.convert()
@@ -513,6 +513,17 @@ def slurm_options(args: argparse.Namespace, budget: Budget) -> slurm.SlurmOption
                               account=args.slurm_account or None, extra=tuple(shlex.split(args.slurm_options)))
 
 
+def unpack_unlabeled_pool(run: Run) -> None:
+    """Unpack the run's unlabelled pool (.npz -> .npy) in the job every other method starts from: the jobs after it
+    may run at once on a cluster, and nnU-Net's unpacking, run by each of them, writes the .npy files in place
+    while another job may be reading them."""
+    from nnunet.training.dataloading.dataset_loading import unpack_dataset
+
+    for folder in sorted((run.folder / "preprocessed" / TASK / "unlabeled").glob("*")):
+        if folder.is_dir() and any(folder.glob("*.npz")):
+            unpack_dataset(str(folder))
+
+
 def run_job(args: argparse.Namespace, runs: Sequence[Run], budget: Budget) -> None:
     """What a SLURM job runs: one method of one run (the stages it needs first skip what is done)."""
     if len(runs) != 1:
@@ -525,6 +536,8 @@ def run_job(args: argparse.Namespace, runs: Sequence[Run], budget: Budget) -> No
     runner.preprocess()
     runner.note_earlier_layout()
     runner.train_and_evaluate(method)
+    if not method.requires:
+        unpack_unlabeled_pool(run)
     slurm.mark_done(stage)
     runner.say(f"{method.name}: done")
 

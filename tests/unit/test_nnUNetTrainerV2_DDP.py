@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 
 from covidseg.runs.distributed import free_port
 from nnunet.utilities.distributed import split_batch
-from tests.helpers import tiny_unet
+from tests.helpers import tiny_unet, leave_process_group
 
 WORLD = 2
 
@@ -83,7 +83,7 @@ def ddp_rank_step(rank: int, dim: int, port: int, results: str) -> None:
     if rank == 0:
         torch.save(weights, results)
     trainer.network = None  # destroying the group under a live DDP can hang at exit
-    torch.distributed.destroy_process_group()
+    leave_process_group()
 
 
 @pytest.mark.parametrize("dim", [2, 3])

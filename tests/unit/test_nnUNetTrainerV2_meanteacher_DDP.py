@@ -7,7 +7,7 @@ import torch
 import torch.multiprocessing as mp
 
 from covidseg.runs.distributed import free_port
-from tests.helpers import batch, tiny_unet
+from tests.helpers import batch, tiny_unet, leave_process_group
 from tests.unit.test_nnUNetTrainerV2_DDP import WORLD, ds_weights, join_cpu_group, one_step, rank_half, step_inputs
 
 EMA_DECAY = 0.9
@@ -59,7 +59,7 @@ def ddp_rank_step(rank: int, dim: int, port: int, results: str, consistency_on: 
     consistency = trainer._epoch_stats[0]["consistency"]
     torch.save((student, weights_of(trainer.teacher), consistency), results.format(rank=rank))
     trainer.ddp = None  # destroying the group under a live DDP can hang at exit
-    torch.distributed.destroy_process_group()
+    leave_process_group()
 
 
 def assert_close(a: dict, b: dict) -> None:

@@ -114,6 +114,11 @@ def test_experiment_on_slurm_resubmits_a_cancelled_job_and_nothing_finished(loca
     assert {(r["seed"], r["method"]) for r in rows} == {(s, m) for s in ("0", "1") for m in ("fullres", "control")}
     assert (folder / "runs" / "lf0.5_seed0" / "slurm" / f"control-{resubmitted['lf=0.5 seed=0 control']}.log").is_file()
 
+    # the baseline's job unpacked the unlabelled pool, so jobs after it on a cluster never unpack it at once
+    pool = folder / "runs" / "lf0.5_seed1" / "preprocessed" / "Task200_COVID_19_20" / "unlabeled"
+    packed = sorted(pool.rglob("*.npz"))
+    assert packed and all(p.with_suffix(".npy").is_file() for p in packed)
+
     trained = checkpoints(folder)
     results = (folder / "results.csv").read_text()
     third = experiment(download, folder, "--scheduler", "slurm")
