@@ -353,10 +353,10 @@ experiment: setup
 		$(if $(GPUS),--gpus $(GPUS)) $(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(FINETUNE_EPOCHS),--finetune-epochs $(FINETUNE_EPOCHS)) \
 		$(if $(ITERS),--iterations $(ITERS)) $(if $(VAL_ITERS),--val-iterations $(VAL_ITERS)) \
 		$(if $(WARMUP_EPOCHS),--warmup-epochs $(WARMUP_EPOCHS)) $(if $(RAMPUP_EPOCHS),--rampup-epochs $(RAMPUP_EPOCHS)) \
-		$(if $(FORCE),--force) --scheduler $(SCHEDULER) $(if $(WAIT),--wait) \
+		$(if $(FORCE),--force) --scheduler $(or $(SCHEDULER),local) $(if $(filter-out 0,$(WAIT)),--wait) \
 		$(if $(SLURM_PARTITION),--slurm-partition "$(SLURM_PARTITION)") $(if $(SLURM_GPUS_PER_JOB),--slurm-gpus-per-job $(SLURM_GPUS_PER_JOB)) \
 		$(if $(SLURM_TIME),--slurm-time "$(SLURM_TIME)") $(if $(SLURM_ACCOUNT),--slurm-account "$(SLURM_ACCOUNT)") \
-		$(if $(SLURM_OPTIONS),--slurm-options="$(SLURM_OPTIONS)")
+		$(if $(SLURM_OPTIONS),--slurm-options='$(SLURM_OPTIONS)')
 
 slurm-local:
 	scripts/slurm_local.sh start

@@ -121,6 +121,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             f"test_dice_fold_{args.fold}.csv"
     methods = {**METHODS, **extra}
     if args.models is not None:
+        csv_name = csv_name.replace("_fold_", f"_{'_'.join(args.models)}_fold_")  # one table per job of the experiment
         unknown = sorted(set(args.models) - set(methods))
         if unknown:
             raise WorkflowError(f"--models: unknown model(s) {', '.join(unknown)}; known: {', '.join(methods)}")

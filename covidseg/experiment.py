@@ -494,6 +494,8 @@ def collect_stage(args: argparse.Namespace, budget: Budget, runs: Sequence[Run],
         results = args.dir / "results.csv"
         if not results.is_file():
             return {}
+        if not (args.dir / "results.md").is_file():
+            return {}
         made = {str(results): file_sha256(results)}
         for stage in method_stages:  # the checkpoints scored: a retrained model makes the results stale
             made.update(stage.outputs())
@@ -503,11 +505,14 @@ def collect_stage(args: argparse.Namespace, budget: Budget, runs: Sequence[Run],
                "test_fraction": args.test_fraction, "methods": [m.name for m in methods], "preset": args.preset}
     return slurm.Stage(name="collect", key="collect", folder=args.dir / "slurm",
                        command=job_command(args, budget, fractions, seeds, methods, "--collect"),
-                       request=request, outputs=outputs, after=[s.name for s in method_stages])
+                       request=request, outputs=outputs, after=[s.name for s in method_stages], light=True)
 
 
 def slurm_options(args: argparse.Namespace, budget: Budget) -> slurm.SlurmOptions:
     gpus = args.slurm_gpus_per_job if args.slurm_gpus_per_job is not None else (1 if args.size == "gpu" else 0)
+    if not 0 <= gpus <= 1:
+        raise WorkflowError(f"SLURM_GPUS_PER_JOB={gpus}: each job trains one method in one process, on one GPU "
+                            f"(0 or 1); the experiment's jobs run side by side instead")
     return slurm.SlurmOptions(partition=args.slurm_partition or None, gpus_per_job=gpus,
                               cpus_per_job=budget.processes, time_limit=args.slurm_time or None,
                               account=args.slurm_account or None, extra=tuple(shlex.split(args.slurm_options)))
@@ -546,7 +551,9 @@ def submit_to_slurm(args: argparse.Namespace, runs: Sequence[Run], methods: Sequ
                     fractions: Sequence[float], seeds: Sequence[int]) -> None:
     method_stages = [method_stage(args, budget, run, method) for run in runs for method in methods]
     stages = method_stages + [collect_stage(args, budget, runs, methods, fractions, seeds, method_stages)]
-    submission = slurm.submit_protocol(stages, slurm_options(args, budget), workdir=Path.cwd())
+    options = slurm_options(args, budget)
+    with slurm.submission_lock(args.dir / "slurm"):
+        submission = slurm.submit_protocol(stages, options, workdir=Path.cwd())
     if not submission.jobs:
         print(f"every job has finished ({len(submission.finished)} stages); nothing submitted")
         print_results(args.dir)
@@ -554,7 +561,7 @@ def submit_to_slurm(args: argparse.Namespace, runs: Sequence[Run], methods: Sequ
     jobs = ",".join(submission.jobs.values())
     print(f"{len(submission.submitted)} job(s) submitted, {len(submission.jobs) - len(submission.submitted)} kept "
           f"in the queue, {len(submission.finished)} finished before. Follow them with\n"
-          f"    squeue -j {jobs}\n    tail -f {args.dir}/runs/*/slurm/*.log\n"
+          f"    squeue -j {jobs}\n    tail -f {args.dir}/runs/*/slurm/*.log {args.dir}/slurm/*.log\n"
           f"results.md is written by the collect job ({submission.jobs['collect']}). Call the same command again to "
           f"submit what failed or was cancelled; WAIT=1 (--wait) waits for them.", flush=True)
     if args.wait:

@@ -14,13 +14,19 @@ MARK="# written by covidseg scripts/slurm_local.sh"
 CONF=/etc/slurm/slurm.conf
 SPOOL=/var/spool/covidseg-slurm
 LOGS=/var/log/covidseg-slurm
+MUNGE_STARTED=/run/covidseg-munged.started   # munged was started here (a machine's own munged is left running)
 
 as_root() {
     if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
         echo "slurm-local: needs root or sudo for: $*" >&2; exit 1; fi
 }
 
+ours() {
+    [ -f "$CONF" ] && grep -qF "$MARK" "$CONF"
+}
+
 node_ready() {
+    ours || return 1  # a login node of a real cluster is not this local cluster
     command -v sinfo >/dev/null || return 1
     local state
     state=$(sinfo -h -N -o '%t' 2>/dev/null | head -n 1) || return 1
@@ -30,9 +36,18 @@ node_ready() {
 install_packages() {
     if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v munged >/dev/null; then
         echo "slurm-local: installing Debian's slurm-wlm and munge"
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >/dev/null \
-            || { as_root apt-get update -q >/dev/null && \
-                 as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >/dev/null; }
+        local log
+        log=$(mktemp)
+        if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge >"$log" 2>&1; then
+            if ! { as_root apt-get update -q && \
+                   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurm-wlm munge; } >"$log" 2>&1; then
+                echo "slurm-local: apt-get could not install slurm-wlm and munge; its last lines:" >&2
+                tail -n 5 "$log" >&2
+                rm -f "$log"
+                exit 1
+            fi
+        fi
+        rm -f "$log"
     fi
 }
 
@@ -78,6 +93,7 @@ start_munge() {
         as_root mkdir -p /run/munge
         as_root chown munge:munge /run/munge
         as_root runuser -u munge -- /usr/sbin/munged
+        as_root touch "$MUNGE_STARTED"
     fi
 }
 
@@ -92,6 +108,9 @@ start() {
     pgrep -x slurmctld >/dev/null || as_root /usr/sbin/slurmctld
     pgrep -x slurmd >/dev/null || as_root /usr/sbin/slurmd
     for _ in $(seq 60); do
+        case "$(sinfo -h -N -o '%t' 2>/dev/null | head -n 1)" in
+            drain*|down*) as_root scontrol update nodename="$(hostname -s)" state=resume 2>/dev/null || true ;;
+        esac
         if node_ready; then
             echo "slurm-local: started ($(sinfo -h -o '%P %D node(s) %c CPU(s) %t')); stop it with make slurm-local-stop"
             return 0
@@ -103,15 +122,27 @@ start() {
     exit 1
 }
 
+stop_daemon() {  # a daemon of this cluster, by its pid file
+    local pidfile=$1 pid
+    [ -f "$pidfile" ] || return 0
+    pid=$(cat "$pidfile")
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+        as_root kill "$pid" 2>/dev/null || true
+        for _ in $(seq 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    fi
+}
+
 stop() {
-    local daemon
-    for daemon in slurmd slurmctld munged; do
-        if pgrep -x "$daemon" >/dev/null; then as_root pkill -x "$daemon"; fi
-    done
-    for _ in $(seq 20); do
-        pgrep -x slurmd >/dev/null || pgrep -x slurmctld >/dev/null || pgrep -x munged >/dev/null || break
-        sleep 0.5
-    done
+    if ! ours; then
+        echo "slurm-local: $CONF was not written by this script: there is no local cluster of ours to stop" >&2
+        exit 1
+    fi
+    stop_daemon /run/covidseg-slurmd.pid
+    stop_daemon /run/covidseg-slurmctld.pid
+    if [ -f "$MUNGE_STARTED" ]; then
+        stop_daemon /run/munge/munged.pid
+        as_root rm -f "$MUNGE_STARTED"
+    fi
     echo "slurm-local: stopped"
 }
 

@@ -15,21 +15,24 @@ What a call submits is decided from the files, so calling it again is the way to
 - otherwise it is submitted; when an earlier job of the stage ended without finishing (failed, cancelled, pre-empted,
   timed out), its state and the end of its log are shown first.
 """
+import fcntl
 import json
 import os
 import shlex
 import subprocess
 import time
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from covidseg.core.errors import WorkflowError
 from covidseg.core.workspace import file_sha256
 
-QUEUED_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "REQUEUE_HOLD",
-                 "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}
+QUEUED_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "STOPPED", "REQUEUED",
+                 "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}
 LOG_TAIL_LINES = 15
+SQUEUE_TRIES = 5  # a busy controller times out now and then; a days-long WAIT=1 should not end on one of those
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,12 @@ class Stage:
     request: dict                    # what it is asked to make; a done marker of another request is not finished
     outputs: Callable[[], Dict[str, str]]  # what a finished stage made: file -> sha256 (empty: not made)
     after: List[str] = field(default_factory=list)  # names of the stages it depends on
+    light: bool = False              # no GPU and one CPU (the collection), whatever the training jobs ask for
+
+    @property
+    def job_name(self) -> str:
+        """covidseg-<run folder>-<key>: what squeue shows."""
+        return f"covidseg-{self.folder.parent.name}-{self.key}"
 
     def log(self, job: str) -> Path:
         return self.folder / f"{self.key}-{job}.log"
@@ -136,15 +145,26 @@ def run_slurm_command(arguments: Sequence[str]) -> subprocess.CompletedProcess:
                             f"on this machine; to try it here first, make slurm-local") from None
 
 
-def queued_jobs(jobs: Sequence[str]) -> Dict[str, str]:
-    """job id -> state, for those of `jobs` still in the queue."""
+def queued_jobs(jobs: Sequence[str], retry_seconds: float = 10.0) -> Dict[str, str]:
+    """job id -> state, for those of `jobs` still in the queue (squeue is asked again when it fails)."""
     if not jobs:
         return {}
-    result = run_slurm_command(["squeue", "-h", "-o", "%i %T", "-j", ",".join(jobs)])
-    if result.returncode != 0 and "Invalid job id" not in result.stderr:
-        raise WorkflowError(f"squeue failed (exit {result.returncode}): {result.stderr.strip()}")
+    for attempt in range(SQUEUE_TRIES):
+        result = run_slurm_command(["squeue", "-h", "-o", "%i %T", "-j", ",".join(jobs)])
+        if result.returncode == 0 or "Invalid job id" in result.stderr:
+            break
+        if attempt == SQUEUE_TRIES - 1:
+            raise WorkflowError(f"squeue failed {SQUEUE_TRIES} times (exit {result.returncode}): "
+                                f"{result.stderr.strip()}")
+        time.sleep(retry_seconds)
     states = dict(line.split(None, 1) for line in result.stdout.splitlines() if line.strip())
     return {job: state.strip() for job, state in states.items() if state.strip() in QUEUED_STATES}
+
+
+def cancel(job: str) -> None:
+    result = run_slurm_command(["scancel", job])
+    if result.returncode != 0:
+        raise WorkflowError(f"scancel {job} failed (exit {result.returncode}): {result.stderr.strip()}")
 
 
 def final_state(job: str) -> str:
@@ -162,10 +182,16 @@ def final_state(job: str) -> str:
 
 
 def submit(stage: Stage, options: SlurmOptions, dependencies: Sequence[str], workdir: Path) -> str:
-    """Write the stage's job script and submit it; the job id."""
+    """Write the stage's job script and submit it; the job id. Its done marker goes first: until the new job ends
+    well the stage is not finished, whatever an earlier job made."""
     stage.folder.mkdir(parents=True, exist_ok=True)
+    stage.done_file.unlink(missing_ok=True)
     script = stage.folder / f"{stage.key}.sbatch"
-    sbatch = ["sbatch", "--parsable", f"--job-name=covidseg-{stage.key.replace('/', '-')}",
+    if stage.light:
+        options = replace(options, gpus_per_job=0, cpus_per_job=1,
+                          extra=tuple(o for o in options.extra if not o.startswith(("--gres", "--gpus"))))
+    # --open-mode=append: a job that SLURM requeues keeps its id, and its earlier attempt's log
+    sbatch = ["sbatch", "--parsable", f"--job-name={stage.job_name}", "--open-mode=append",
               f"--output={stage.folder / (stage.key + '-%j.log')}", f"--chdir={workdir}", "--export=ALL",
               *options.sbatch_arguments()]
     if dependencies:
@@ -183,6 +209,19 @@ def submit(stage: Stage, options: SlurmOptions, dependencies: Sequence[str], wor
     write_json_atomically(stage.state_file, {"job": job, "request": stage.request, "log": str(stage.log(job)),
                                              "submitted": time.strftime("%Y-%m-%d %H:%M:%S")})
     return job
+
+
+@contextmanager
+def submission_lock(folder: Path):
+    """One submitting call per experiment at a time (two at once would submit every stage twice)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".submitting.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WorkflowError(f"another make experiment SCHEDULER=slurm is submitting this experiment now "
+                                f"({folder}); wait for it to end") from None
+        yield
 
 
 def log_end(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -212,7 +251,14 @@ def submit_protocol(stages: Sequence[Stage], options: SlurmOptions, workdir: Pat
     for stage in stages:
         record = recorded[stage.name]
         job = record.get("job")
-        if not any(d in submission.jobs for d in stage.after) and is_finished(stage):
+        rerun_before = [d for d in stage.after if d in submission.submitted]
+        if job in queued and rerun_before:
+            # it waits for an earlier job of what it starts from, which is being replaced: it would start on the
+            # old weights, or alongside their retraining
+            cancel(job)
+            say(f"{stage.name}: job {job} cancelled: it waited for {', '.join(rerun_before)}, submitted again now")
+            queued.pop(job)
+        if job not in queued and not any(d in submission.jobs for d in stage.after) and is_finished(stage):
             submission.finished.append(stage.name)
             continue
         if job in queued:
@@ -223,8 +269,8 @@ def submit_protocol(stages: Sequence[Stage], options: SlurmOptions, workdir: Pat
             say(f"{stage.name}: job {job} is {queued[job].lower()}, kept")
             continue
         why = why_not_finished(stage)
-        if not why:
-            say(f"{stage.name}: finished, but runs again after what it starts from: "
+        if not why or rerun_before:
+            say(f"{stage.name}: runs again after what it starts from: "
                 f"{', '.join(d for d in stage.after if d in submission.jobs)}")
         elif why != "not finished":
             say(f"{stage.name}: {why}: submitting it again")
@@ -248,7 +294,7 @@ def wait_for(stages: Sequence[Stage], submission: Submission, poll_seconds: floa
     by_name = {s.name: s for s in stages}
     last = None
     while True:
-        queued = queued_jobs(list(submission.jobs.values()))
+        queued = queued_jobs(list(submission.jobs.values()), retry_seconds=max(poll_seconds, 1.0))
         counts: Dict[str, int] = {}
         for state in queued.values():
             counts[state.lower()] = counts.get(state.lower(), 0) + 1

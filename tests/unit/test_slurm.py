@@ -23,6 +23,9 @@ FAKE_SCONTROL = """#!/bin/bash
 echo "JobId=$4 JobState=CANCELLED Reason=None"
 """
 FAKE_SACCT = "#!/bin/bash\nexit 1\n"
+FAKE_SCANCEL = """#!/bin/bash
+echo "$1" >> "$FAKE/scancel.calls"
+"""
 
 
 @pytest.fixture
@@ -30,7 +33,7 @@ def fake_slurm(tmp_path, monkeypatch):
     bin_folder = tmp_path / "bin"
     bin_folder.mkdir()
     for name, text in (("sbatch", FAKE_SBATCH), ("squeue", FAKE_SQUEUE), ("scontrol", FAKE_SCONTROL),
-                       ("sacct", FAKE_SACCT)):
+                       ("sacct", FAKE_SACCT), ("scancel", FAKE_SCANCEL)):
         path = bin_folder / name
         path.write_text(text)
         path.chmod(path.stat().st_mode | stat.S_IEXEC)
@@ -59,7 +62,7 @@ def protocol(folder, request=None):
                           after=["run fullres"]),
               slurm.Stage(name="collect", key="collect", folder=folder / "slurm", command=["echo", "collect"],
                           request={"runs": ["run"]}, outputs=outputs_of("collect"),
-                          after=["run fullres", "run control"])]
+                          after=["run fullres", "run control"], light=True)]
     return stages, made
 
 
@@ -87,6 +90,7 @@ def test_a_fresh_protocol_is_submitted_in_order_with_its_dependencies(fake_slurm
     assert not any(a.startswith("--dependency") for a in calls[0])
     assert "--dependency=afterok:101" in calls[1] and "--kill-on-invalid-dep=yes" in calls[1]
     assert "--dependency=afterok:101:102" in calls[2] and "--partition=p" in calls[2]
+    assert "--job-name=covidseg-run-control" in calls[1] and "--open-mode=append" in calls[1]
     assert f"--output={fake_slurm / 'run' / 'slurm' / 'fullres-%j.log'}" in calls[0]
     script = (fake_slurm / "run" / "slurm" / "control.sbatch").read_text()
     assert script.startswith("#!/bin/bash") and "exec echo control" in script
@@ -161,3 +165,50 @@ def test_missing_slurm_commands_are_named(tmp_path, monkeypatch):
 def test_the_request_holds_the_settings_variables_that_are_set():
     environment = {"CONSISTENCY_LAMBDA_MAX": "2", "MOE_LAMBDA_MAX": "1", "HOME": "/root", "MOE_TOP_K": ""}
     assert slurm.settings_environment(environment) == {"CONSISTENCY_LAMBDA_MAX": "2", "MOE_LAMBDA_MAX": "1"}
+
+
+def test_the_collection_asks_for_no_gpu_and_one_cpu(fake_slurm):
+    stages, _ = protocol(fake_slurm)
+    options = slurm.SlurmOptions(gpus_per_job=1, cpus_per_job=8, extra=("--gres=gpu:a100:1", "--mem=64G"))
+    slurm.submit_protocol(stages, options, workdir=fake_slurm)
+    training, collection = sbatch_calls(fake_slurm)[1], sbatch_calls(fake_slurm)[2]
+    assert "--gres=gpu:1" in training and "--cpus-per-task=8" in training
+    assert not any(a.startswith("--gres") for a in collection) and "--cpus-per-task=1" in collection
+    assert "--mem=64G" in collection
+
+
+def test_a_stage_submitted_again_is_not_finished_until_its_new_job_ends(fake_slurm, capsys):
+    stages, made = protocol(fake_slurm)
+    for stage in stages:
+        finish(stage, made[stage.key])
+    made["fullres"].write_text("retrained")  # the baseline changed: everything after it runs again
+    assert slurm.submit_protocol(stages, slurm.SlurmOptions(), workdir=fake_slurm).submitted == \
+        ["run fullres", "run control", "collect"]
+    assert not stages[1].done_file.exists()  # the control's old marker went with its new submission
+    finish(stages[0], made["fullres"], "retrained")
+    (fake_slurm / "queue").write_text("102 PENDING\n103 PENDING\n")
+    again = slurm.submit_protocol(stages, slurm.SlurmOptions(), workdir=fake_slurm)
+    assert again.jobs == {"run control": "102", "collect": "103"} and again.finished == ["run fullres"]
+    (fake_slurm / "queue").write_text("")  # the control's job failed: it is shown and submitted again
+    capsys.readouterr()
+    later = slurm.submit_protocol(stages, slurm.SlurmOptions(), workdir=fake_slurm)
+    assert later.submitted == ["run control", "collect"]
+    assert "run control: job 102 ended without finishing" in capsys.readouterr().out
+
+
+def test_a_queued_job_waiting_for_a_job_submitted_again_is_cancelled_and_follows_the_new_one(fake_slurm, capsys):
+    stages, made = protocol(fake_slurm)
+    slurm.submit_protocol(stages, slurm.SlurmOptions(), workdir=fake_slurm)  # 101, 102 after 101, 103
+    (fake_slurm / "queue").write_text("102 PENDING\n103 PENDING\n")          # 101 ended without finishing
+    again = slurm.submit_protocol(stages, slurm.SlurmOptions(), workdir=fake_slurm)
+    assert (fake_slurm / "scancel.calls").read_text().split() == ["102", "103"]
+    assert again.jobs == {"run fullres": "104", "run control": "105", "collect": "106"}
+    assert "--dependency=afterok:104" in sbatch_calls(fake_slurm)[-2]
+    assert "run control: job 102 cancelled: it waited for run fullres" in capsys.readouterr().out
+
+
+def test_two_submitting_calls_at_once_are_refused(tmp_path):
+    with slurm.submission_lock(tmp_path):
+        with pytest.raises(WorkflowError, match="another make experiment SCHEDULER=slurm is submitting"):
+            with slurm.submission_lock(tmp_path):
+                pass
