@@ -252,7 +252,8 @@ def submit_protocol(stages: Sequence[Stage], options: SlurmOptions, workdir: Pat
         record = recorded[stage.name]
         job = record.get("job")
         rerun_before = [d for d in stage.after if d in submission.submitted]
-        if job in queued and rerun_before:
+        cancelled_now = job in queued and bool(rerun_before)
+        if cancelled_now:
             # it waits for an earlier job of what it starts from, which is being replaced: it would start on the
             # old weights, or alongside their retraining
             cancel(job)
@@ -269,8 +270,10 @@ def submit_protocol(stages: Sequence[Stage], options: SlurmOptions, workdir: Pat
             say(f"{stage.name}: job {job} is {queued[job].lower()}, kept")
             continue
         why = why_not_finished(stage)
-        if not why or rerun_before:
-            say(f"{stage.name}: runs again after what it starts from: "
+        if cancelled_now:
+            pass  # said above
+        elif not why:
+            say(f"{stage.name}: finished, but runs again after what it starts from: "
                 f"{', '.join(d for d in stage.after if d in submission.jobs)}")
         elif why != "not finished":
             say(f"{stage.name}: {why}: submitting it again")

@@ -95,7 +95,9 @@ def test_a_fresh_protocol_is_submitted_in_order_with_its_dependencies(fake_slurm
     script = (fake_slurm / "run" / "slurm" / "control.sbatch").read_text()
     assert script.startswith("#!/bin/bash") and "exec echo control" in script
     assert json.loads((fake_slurm / "run" / "slurm" / "control.json").read_text())["job"] == "102"
-    assert "run control: submitted job 102 after job(s) 101" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "run control: submitted job 102 after job(s) 101" in out
+    assert "runs again" not in out and "ended without" not in out  # a first submission says only that
 
 
 def test_finished_stages_are_not_submitted_and_queued_ones_are_kept(fake_slurm):
@@ -182,8 +184,10 @@ def test_a_stage_submitted_again_is_not_finished_until_its_new_job_ends(fake_slu
     for stage in stages:
         finish(stage, made[stage.key])
     made["fullres"].write_text("retrained")  # the baseline changed: everything after it runs again
+    capsys.readouterr()
     assert slurm.submit_protocol(stages, slurm.SlurmOptions(), workdir=fake_slurm).submitted == \
         ["run fullres", "run control", "collect"]
+    assert "run control: finished, but runs again after what it starts from: run fullres" in capsys.readouterr().out
     assert not stages[1].done_file.exists()  # the control's old marker went with its new submission
     finish(stages[0], made["fullres"], "retrained")
     (fake_slurm / "queue").write_text("102 PENDING\n103 PENDING\n")
