@@ -107,21 +107,22 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     extra = extra_models(args.extra_model)
 
     task = task_name(args.task)
+    scope = f"_{'_'.join(args.models)}" if args.models else ""  # one table per job of the experiment
     if args.external is not None:
         name = args.external_name or args.external.resolve().name
         stored = external_sets.store(args.external, raw_data_dir() / task, name, args.lesion_labels, args.force)
         images, labels = stored / "images", stored / "labels"
         cases = sorted(p.name[: -len("_0000.nii.gz")] for p in images.glob("*_0000.nii.gz"))
         predictions_of = partial(external_predictions_dir, name=name)
-        title, csv_name = f"External test set {name}: Dice (lesion)", f"external_dice_{name}_fold_{args.fold}.csv"
+        title = f"External test set {name}: Dice (lesion)"
+        csv_name = f"external_dice_{name}{scope}_fold_{args.fold}.csv"
     else:
         images, labels, cases, predictions_of = test_images_dir(task), test_labels_dir(task), test_cases(task), \
             test_predictions_dir
         title, csv_name = "Test-set Dice (lesion; all test cases, see make report for CIs)", \
-            f"test_dice_fold_{args.fold}.csv"
+            f"test_dice{scope}_fold_{args.fold}.csv"
     methods = {**METHODS, **extra}
     if args.models is not None:
-        csv_name = csv_name.replace("_fold_", f"_{'_'.join(args.models)}_fold_")  # one table per job of the experiment
         unknown = sorted(set(args.models) - set(methods))
         if unknown:
             raise WorkflowError(f"--models: unknown model(s) {', '.join(unknown)}; known: {', '.join(methods)}")

@@ -91,6 +91,10 @@ SIZES = {
 }
 
 
+# the Budget fields that command-line options override (--epochs, --finetune-epochs, ...)
+BUDGET_OVERRIDES = ("epochs", "finetune_epochs", "iterations", "val_iterations", "warmup_epochs", "rampup_epochs")
+
+
 @dataclass(frozen=True)
 class Preset:
     """A named setting of the experiment: a site bias of the labelled cases, and the synthetic download it uses
@@ -379,8 +383,9 @@ def parse_arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--force", action="store_true",
                         help="train again every model trained with other settings than those asked for now (without "
                              "it such a model is refused, naming the settings)")
-    for option in ("epochs", "finetune-epochs", "iterations", "val-iterations", "warmup-epochs", "rampup-epochs"):
-        parser.add_argument(f"--{option}", type=int, default=None, help="overrides SIZE's setting")
+    for field_name in BUDGET_OVERRIDES:
+        parser.add_argument(f"--{field_name.replace('_', '-')}", type=int, default=None,
+                            help="overrides SIZE's setting")
     cluster = parser.add_argument_group("SLURM (--scheduler slurm)")
     cluster.add_argument("--scheduler", choices=("local", "slurm"), default="local",
                          help="local: the runs on this machine; slurm: one sbatch job per run and method")
@@ -400,9 +405,7 @@ def parse_arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 
 def budget_of(args: argparse.Namespace) -> Budget:
-    overrides = {field: getattr(args, field) for field in
-                 ("epochs", "finetune_epochs", "iterations", "val_iterations", "warmup_epochs", "rampup_epochs")
-                 if getattr(args, field) is not None}
+    overrides = {field: getattr(args, field) for field in BUDGET_OVERRIDES if getattr(args, field) is not None}
     return replace(SIZES[args.size], **overrides)
 
 
@@ -469,7 +472,7 @@ def job_command(args: argparse.Namespace, budget: Budget, fractions: Sequence[fl
                "--labeled-fractions", *[repr(f) for f in fractions], "--seeds", *[str(s) for s in seeds],
                "--test-fraction", repr(args.test_fraction), "--size", args.size,
                "--methods", *[m.name for m in methods]]
-    for option in ("epochs", "finetune_epochs", "iterations", "val_iterations", "warmup_epochs", "rampup_epochs"):
+    for option in BUDGET_OVERRIDES:
         if getattr(budget, option) is not None:
             command += [f"--{option.replace('_', '-')}", str(getattr(budget, option))]
     command += ["--preset", args.preset] if args.preset else []
@@ -497,8 +500,8 @@ def collect_stage(args: argparse.Namespace, budget: Budget, runs: Sequence[Run],
         if not (args.dir / "results.md").is_file():
             return {}
         made = {str(results): file_sha256(results)}
-        for stage in method_stages:  # the checkpoints scored: a retrained model makes the results stale
-            made.update(stage.outputs())
+        for stage in method_stages:  # the checkpoints scored (their stages hash them): a retrained model makes the
+            made.update(slurm.recorded_outputs(stage))  # results stale
         return made
 
     request = {"download": str(args.download), "runs": [r.folder.name for r in runs], "size": args.size,

@@ -5,12 +5,14 @@ from scratch); one with only a latest checkpoint (an interrupted run) resumes wi
 fresh training starts. Always with --npz, so validation keeps the softmax for nnUNet_ensemble.
 """
 import csv
-import os
+import io
 import shutil
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+
+from nnunet.utilities.atomic_files import replace_atomically
 
 from covidseg.runs.distributed import Launch
 from covidseg.runs.model_files import check_trained_fold
@@ -169,12 +171,12 @@ def print_and_save_dice_table(results: Dict[str, Dict[str, float]], csv_path: Pa
     for model, scores in results.items():
         print(f"  {model:<10} {np.mean(list(scores.values())):>9.4f}")
     csv_path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = csv_path.with_name(csv_path.name + ".tmp")  # jobs of one run may write it at once (SLURM)
-    with open(temporary, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["case"] + list(results))
-        for case in cases:
-            writer.writerow([case] + ["%.6f" % results[m][case] for m in results])
-        writer.writerow(["mean"] + ["%.6f" % np.mean(list(results[m].values())) for m in results])
-    os.replace(temporary, csv_path)
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(["case"] + list(results))
+    for case in cases:
+        writer.writerow([case] + ["%.6f" % results[m][case] for m in results])
+    writer.writerow(["mean"] + ["%.6f" % np.mean(list(results[m].values())) for m in results])
+    # in one step: jobs of one run may write it at once (SLURM)
+    replace_atomically(str(csv_path), lambda f: f.write(table.getvalue().encode()))
     print(f"per-case table: {csv_path}")

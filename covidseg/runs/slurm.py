@@ -16,6 +16,7 @@ What a call submits is decided from the files, so calling it again is the way to
   timed out), its state and the end of its log are shown first.
 """
 import fcntl
+from collections import Counter
 import json
 import os
 import shlex
@@ -85,10 +86,11 @@ class Stage:
 
 
 def write_json_atomically(path: Path, record: dict) -> None:
+    from nnunet.utilities.atomic_files import replace_atomically
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
-    os.replace(temporary, path)
+    text = json.dumps(record, indent=1, sort_keys=True) + "\n"
+    replace_atomically(str(path), lambda f: f.write(text.encode()))
 
 
 def read_json(path: Path) -> Optional[dict]:
@@ -118,6 +120,11 @@ def mark_done(stage: Stage) -> None:
 
 def is_finished(stage: Stage) -> bool:
     return not why_not_finished(stage)
+
+
+def recorded_outputs(stage: Stage) -> Dict[str, str]:
+    """What the stage's done marker says it made (empty without one): read, not hashed again."""
+    return (read_json(stage.done_file) or {}).get("outputs") or {}
 
 
 def why_not_finished(stage: Stage) -> str:
@@ -174,11 +181,10 @@ def final_state(job: str) -> str:
     if result.returncode == 0 and result.stdout.strip():
         return result.stdout.split()[0]
     result = run_slurm_command(["scontrol", "-o", "show", "job", job])
-    for item in result.stdout.split():
-        if item.startswith("JobState="):
-            reason = [i for i in result.stdout.split() if i.startswith("Reason=")]
-            return item.split("=", 1)[1] + (f" ({reason[0].split('=', 1)[1]})" if reason else "")
-    return "no longer known to SLURM"
+    fields = dict(item.split("=", 1) for item in result.stdout.split() if "=" in item)
+    if "JobState" not in fields:
+        return "no longer known to SLURM"
+    return fields["JobState"] + (f" ({fields['Reason']})" if "Reason" in fields else "")
 
 
 def submit(stage: Stage, options: SlurmOptions, dependencies: Sequence[str], workdir: Path) -> str:
@@ -259,7 +265,8 @@ def submit_protocol(stages: Sequence[Stage], options: SlurmOptions, workdir: Pat
             cancel(job)
             say(f"{stage.name}: job {job} cancelled: it waited for {', '.join(rerun_before)}, submitted again now")
             queued.pop(job)
-        if job not in queued and not any(d in submission.jobs for d in stage.after) and is_finished(stage):
+        why = "" if job in queued else why_not_finished(stage)  # (hashes its outputs: once per stage)
+        if job not in queued and not any(d in submission.jobs for d in stage.after) and not why:
             submission.finished.append(stage.name)
             continue
         if job in queued:
@@ -269,7 +276,6 @@ def submit_protocol(stages: Sequence[Stage], options: SlurmOptions, workdir: Pat
             submission.jobs[stage.name] = job
             say(f"{stage.name}: job {job} is {queued[job].lower()}, kept")
             continue
-        why = why_not_finished(stage)
         if cancelled_now:
             pass  # said above
         elif not why:
@@ -298,9 +304,7 @@ def wait_for(stages: Sequence[Stage], submission: Submission, poll_seconds: floa
     last = None
     while True:
         queued = queued_jobs(list(submission.jobs.values()), retry_seconds=max(poll_seconds, 1.0))
-        counts: Dict[str, int] = {}
-        for state in queued.values():
-            counts[state.lower()] = counts.get(state.lower(), 0) + 1
+        counts = Counter(state.lower() for state in queued.values())
         line = ", ".join(f"{n} {state}" for state, n in sorted(counts.items())) or "none queued"
         if line != last:
             say(f"[{time.strftime('%H:%M:%S')}] jobs: {line}, {len(submission.jobs) - len(queued)} ended")
